@@ -1,0 +1,109 @@
+/**
+ * Deploys Starling's contracts and describes the result as a Deployment, the file a node reads to
+ * find its chain (`deployment.json` in the node's data dir).
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { Contract, ContractFactory, JsonRpcProvider, type Signer } from "ethers";
+import { artifact, type ContractName } from "./artifacts.js";
+
+export type Mode = "collateral" | "issuer";
+
+export interface Deployment {
+  chainId: number;
+  mode: Mode;
+  token: string;
+  secretRegistry: string;
+  channels: string;
+  /** Seconds between a unilateral close and settlement. */
+  challengePeriod: number;
+  /** The token issuer (issuer mode), who sets hubs' credit limits. */
+  issuer: string | null;
+  /** Block the channel contract was deployed in: where event scans start. */
+  deployBlock: number;
+}
+
+export interface DeployOptions {
+  deployer: Signer;
+  mode: Mode;
+  challengePeriod: number;
+  /** Existing ERC20 to use in collateral mode; a fresh StarlingToken is deployed if absent. */
+  token?: string;
+  tokenName?: string;
+  tokenSymbol?: string;
+  tokenDecimals?: number;
+}
+
+/**
+ * JSON-RPC provider tuned for a node on the same machine: no batching (measured 64 ms vs 15 ms per
+ * transaction against anvil), one network lookup, and no response cache (a cached nonce would
+ * make back-to-back transactions collide).
+ */
+export function connectProvider(url: string, pollingIntervalMs = 250): JsonRpcProvider {
+  const provider = new JsonRpcProvider(url, undefined, { staticNetwork: true, batchMaxCount: 1, cacheTimeout: -1 });
+  provider.pollingInterval = pollingIntervalMs;
+  return provider;
+}
+
+async function deployContract(
+  deployer: Signer,
+  name: ContractName,
+  args: unknown[],
+): Promise<{ address: string; block: number }> {
+  const { abi, bytecode } = artifact(name);
+  const contract = await new ContractFactory(abi, bytecode, deployer).deploy(...args);
+  const receipt = await contract.deploymentTransaction()?.wait();
+  if (!receipt) throw new Error(`deployment of ${name} was not mined`);
+  return { address: await contract.getAddress(), block: receipt.blockNumber };
+}
+
+export async function deployStarling(options: DeployOptions): Promise<Deployment> {
+  const { deployer, mode, challengePeriod } = options;
+  const provider = deployer.provider;
+  if (!provider) throw new Error("deployer must be connected to a provider");
+  const deployerAddress = await deployer.getAddress();
+  let token = options.token;
+  if (!token) {
+    ({ address: token } = await deployContract(deployer, "StarlingToken", [
+      options.tokenName ?? "Starling Dollar",
+      options.tokenSymbol ?? "SUSD",
+      options.tokenDecimals ?? 18,
+      deployerAddress,
+    ]));
+  } else if (mode === "issuer") {
+    throw new Error("issuer mode deploys its own StarlingToken; do not pass a token");
+  }
+  const { address: secretRegistry } = await deployContract(deployer, "SecretRegistry", []);
+  const issuer = mode === "issuer" ? deployerAddress : null;
+  const { address: channels, block: deployBlock } = await deployContract(deployer, "StarlingChannels", [
+    token,
+    secretRegistry,
+    challengePeriod,
+    issuer ?? "0x0000000000000000000000000000000000000000",
+  ]);
+  if (mode === "issuer") {
+    const tokenContract = new Contract(token, artifact("StarlingToken").abi, deployer);
+    const role = (await tokenContract.getFunction("MINTER_ROLE")()) as string;
+    await (await tokenContract.getFunction("grantRole")(role, channels)).wait();
+  }
+  const network = await provider.getNetwork();
+  return {
+    chainId: Number(network.chainId),
+    mode,
+    token,
+    secretRegistry,
+    channels,
+    challengePeriod,
+    issuer,
+    deployBlock,
+  };
+}
+
+export function writeDeployment(file: string, deployment: Deployment): void {
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(file, JSON.stringify(deployment, null, 2) + "\n");
+}
+
+export function readDeployment(file: string): Deployment {
+  return JSON.parse(readFileSync(file, "utf8")) as Deployment;
+}
