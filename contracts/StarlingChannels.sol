@@ -311,7 +311,8 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
 
     /// @notice Pays `participant` up to a new total withdrawn amount while the channel stays
     ///         open. Both participants sign `Withdraw{channelId, participant, totalWithdraw,
-    ///         expiry}`; anyone may submit it. The total is monotonic, so a signature pays once.
+    ///         expiry}`; anyone may submit it (a participant that submits it may pass an empty
+    ///         signature for itself). The total is monotonic, so a signature pays once.
     /// @param id The channel id.
     /// @param participant Who is paid.
     /// @param partner The other participant.
@@ -334,8 +335,8 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         if (totalWithdraw <= current) revert TotalNotIncreasing(current, totalWithdraw);
         bytes32 digest =
             _hashTypedDataV4(keccak256(abi.encode(WITHDRAW_TYPEHASH, id, participant, totalWithdraw, expiry)));
-        _requireSigner(digest, participantSig, participant);
-        _requireSigner(digest, partnerSig, partner);
+        _requireConsent(digest, participantSig, participant);
+        _requireConsent(digest, partnerSig, partner);
         uint256 funds = uint256(c.deposit1) + c.deposit2 + c.credit;
         uint256 withdrawn = (side == 1 ? c.withdrawn2 : c.withdrawn1) + totalWithdraw;
         if (withdrawn > funds) revert WithdrawExceedsChannel(withdrawn, funds);
@@ -348,6 +349,7 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
     /// @notice Closes and settles at once with final balances both participants signed as
     ///         `CooperativeClose{channelId, balance1, balance2}`. The balances must add up to the
     ///         channel's funds (deposits plus credit minus withdrawals), so no lock may be pending.
+    ///         Anyone may submit it; a participant that submits it may pass an empty signature.
     /// @param id The channel id.
     /// @param participant1 The lower participant address.
     /// @param participant2 The higher participant address.
@@ -368,8 +370,8 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         (Channel storage c,) = _openChannel(id, participant1, participant2);
         bytes32 digest =
             _hashTypedDataV4(keccak256(abi.encode(COOPERATIVE_CLOSE_TYPEHASH, id, balance1, balance2)));
-        _requireSigner(digest, signature1, participant1);
-        _requireSigner(digest, signature2, participant2);
+        _requireConsent(digest, signature1, participant1);
+        _requireConsent(digest, signature2, participant2);
         uint256 capacity = _capacity(c);
         if (balance1 + balance2 != capacity) revert BalancesMismatch(balance1 + balance2, capacity);
         emit CooperativelyClosed(id, balance1, balance2);
@@ -414,7 +416,8 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice Replaces the closed state with a newer jointly signed one during the challenge
-    ///         period. Anyone may submit it (a watcher acting for the non-closer). The non-closer
+    ///         period. Anyone may submit it (a watcher acting for the non-closer); a participant
+    ///         that submits it may pass an empty signature for itself. The non-closer
     ///         was already paid its share of the older state; it is paid any increase now, and a
     ///         state that would lower it is refused, so nothing is ever clawed back.
     /// @param id The channel id.
@@ -435,8 +438,8 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         if (state.channelId != id) revert ChannelIdMismatch(id, state.channelId);
         if (state.nonce <= c.nonce) revert StaleNonce(c.nonce, state.nonce);
         bytes32 stateHash = hashState(state);
-        _requireUpdateSigner(id, stateHash, signature1, participant1);
-        _requireUpdateSigner(id, stateHash, signature2, participant2);
+        if (msg.sender != participant1) _requireUpdateSigner(id, stateHash, signature1, participant1);
+        if (msg.sender != participant2) _requireUpdateSigner(id, stateHash, signature2, participant2);
         uint8 closerSide = c.closerSide;
         uint256 paid = _nonCloserPaid(c);
         (uint256 b1, uint256 b2, uint256 l1, uint256 l2) = _shares(c, state);
@@ -494,8 +497,10 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         if (locked == 0) {
             _clear(c);
         } else {
+            // Keep only what unlock reads: phase, locks and (issuer mode) credit.
             c.phase = Phase.Settled;
-            c.closerAmount = 0;
+            _zeroSlots(c, 1, 1);
+            _zeroSlots(c, 3, 1);
         }
     }
 
@@ -542,7 +547,9 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         emit LocksUnlocked(id, pay1, pay2);
         _payout(c, 1, participant1, pay1);
         _payout(c, 2, participant2, pay2);
-        _clear(c);
+        c.phase = Phase.None;
+        if (c.creditSide != 0) _zeroSlots(c, 2, 1);
+        _zeroSlots(c, 4, 2);
     }
 
     // ------------------------------------------------------------ internals
@@ -639,6 +646,11 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         _requireSigner(_updateDigest(id, sig.revokedNonce, stateHash), sig.signature, signer);
     }
 
+    /// @dev A participant that sends the transaction needs no signature: msg.sender authenticates it.
+    function _requireConsent(bytes32 digest, bytes calldata signature, address participant) private view {
+        if (msg.sender != participant) _requireSigner(digest, signature, participant);
+    }
+
     function _requireSigner(bytes32 digest, bytes calldata signature, address signer) private pure {
         (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
         if (err != ECDSA.RecoverError.NoError || recovered != signer) revert InvalidSignature(signer);
@@ -664,17 +676,19 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev Ends the channel, keeping only the pair's counter so the next channel gets a new id.
-    ///      Zeroes the struct's six slots directly (the counter is the low 24 bits of slot 0).
     function _clear(Channel storage c) private {
-        uint256 counter = c.counter;
+        uint256 counter = c.counter; // the low 24 bits of slot 0
         assembly ("memory-safe") {
-            let slot := c.slot
-            sstore(slot, counter)
-            sstore(add(slot, 1), 0)
-            sstore(add(slot, 2), 0)
-            sstore(add(slot, 3), 0)
-            sstore(add(slot, 4), 0)
-            sstore(add(slot, 5), 0)
+            sstore(c.slot, counter)
+        }
+        _zeroSlots(c, 1, 5);
+    }
+
+    /// @dev Zeroes `count` storage slots of a channel record from slot `first` on.
+    function _zeroSlots(Channel storage c, uint256 first, uint256 count) private {
+        assembly ("memory-safe") {
+            let slot := add(c.slot, first)
+            for { let end := add(slot, count) } lt(slot, end) { slot := add(slot, 1) } { sstore(slot, 0) }
         }
     }
 

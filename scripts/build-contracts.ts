@@ -15,7 +15,7 @@ const contractsDir = join(root, "contracts");
 const outFile = join(root, "artifacts", "contracts.json");
 
 interface SolcOutput {
-  errors?: { severity: string; formattedMessage: string }[];
+  errors?: { severity: string; formattedMessage: string; sourceLocation?: { file: string } }[];
   contracts: Record<string, Record<string, { abi: unknown[]; evm: { bytecode: { object: string } } }>>;
 }
 
@@ -48,7 +48,10 @@ export function buildContracts(force = false): string {
   const input = { language: "Solidity", sources, settings };
   const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports })) as SolcOutput;
   const errors = (output.errors ?? []).filter((e) => e.severity === "error");
-  for (const w of output.errors ?? []) if (w.severity !== "error") console.warn(w.formattedMessage);
+  // Warnings about the project's own sources only; OpenZeppelin's are known and reviewed upstream.
+  for (const w of output.errors ?? []) {
+    if (w.severity !== "error" && !w.sourceLocation?.file.startsWith("@openzeppelin/")) console.warn(w.formattedMessage);
+  }
   if (errors.length > 0) {
     throw new Error("solc failed:\n" + errors.map((e) => e.formattedMessage).join("\n"));
   }
@@ -66,5 +69,5 @@ export function buildContracts(force = false): string {
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const t0 = Date.now();
   const file = buildContracts(process.argv.includes("--force"));
-  console.log(`contracts: ${file} (${Date.now() - t0} ms)`);
+  console.error(`contracts: ${file} (${Date.now() - t0} ms)`);
 }

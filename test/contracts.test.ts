@@ -4,7 +4,7 @@
  */
 import { expect } from "chai";
 import { AbiCoder, keccak256, randomBytes, hexlify, type HDNodeWallet } from "ethers";
-import { Harness, emptyState, sum, ZERO32, type StateValue, type LockValue } from "./helpers/channels.js";
+import { startHarness, type Harness, emptyState, sum, ZERO32, type StateValue, type LockValue } from "./helpers/channels.js";
 import { expectRevert } from "./helpers/revert.js";
 
 const coder = AbiCoder.defaultAbiCoder();
@@ -19,7 +19,7 @@ describe("StarlingChannels (collateral mode)", function () {
   let id: string;
 
   before(async function () {
-    h = await Harness.start("collateral", PERIOD);
+    h = await startHarness("collateral", PERIOD);
     [p1, p2] = h.ordered(h.wallet(1), h.wallet(2));
     outsider = h.wallet(3);
     for (const w of [p1, p2, outsider]) await h.fundAndApprove(w, 1_000n);

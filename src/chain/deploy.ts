@@ -21,6 +21,8 @@ export interface Deployment {
   issuer: string | null;
   /** Block the channel contract was deployed in: where event scans start. */
   deployBlock: number;
+  /** JSON-RPC URL of the chain, when the file is written by `starling devnet`. */
+  rpcUrl?: string;
 }
 
 export interface DeployOptions {
