@@ -92,9 +92,9 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice A participant's EIP-712 `Update` signature on a state; it also revokes every state
-    ///         of the channel with nonce <= `revokedNonce` (0 revokes nothing).
+    ///         of the channel with nonce < `revokedBelow` (0 revokes nothing).
     struct StateSignature {
-        uint64 revokedNonce;
+        uint64 revokedBelow;
         bytes signature;
     }
 
@@ -113,7 +113,7 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         "State(bytes32 channelId,uint64 nonce,uint256 sent1,uint256 sent2,uint256 locked1,uint256 locked2,bytes32 locksRoot)"
     );
     bytes32 public constant UPDATE_TYPEHASH = keccak256(
-        "Update(bytes32 channelId,uint64 revokedNonce,State state)State(bytes32 channelId,uint64 nonce,uint256 sent1,uint256 sent2,uint256 locked1,uint256 locked2,bytes32 locksRoot)"
+        "Update(bytes32 channelId,uint64 revokedBelow,State state)State(bytes32 channelId,uint64 nonce,uint256 sent1,uint256 sent2,uint256 locked1,uint256 locked2,bytes32 locksRoot)"
     );
     bytes32 public constant WITHDRAW_TYPEHASH =
         keccak256("Withdraw(bytes32 channelId,address participant,uint256 totalWithdraw,uint256 expiry)");
@@ -166,7 +166,7 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
     error BalancesMismatch(uint256 sum, uint256 capacity);
     error StaleNonce(uint64 recorded, uint64 given);
     error LowersPaidShare(uint256 paid, uint256 offered);
-    error RevocationTooOld(uint64 closedNonce, uint64 revokedNonce);
+    error RevocationTooOld(uint64 closedNonce, uint64 revokedBelow);
     error ChallengePeriodOver(uint256 settleAt, uint256 nowTime);
     error ChallengePeriodRunning(uint256 settleAt, uint256 nowTime);
     error LocksRootMismatch(bytes32 expected, bytes32 given);
@@ -452,27 +452,27 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice Penalises a closer that closed with a revoked state: given the closer's `Update`
-    ///         signature with `revokedNonce` >= the closed nonce, the whole channel goes to the
+    ///         signature with `revokedBelow` > the closed nonce, the whole channel goes to the
     ///         non-closer at once and the channel ends. Anyone may submit it during the period.
     /// @param id The channel id.
     /// @param participant1 The lower participant address.
     /// @param participant2 The higher participant address.
-    /// @param revokedNonce The nonce up to which the closer revoked its states.
+    /// @param revokedBelow The closer revoked every state with a lower nonce.
     /// @param stateHash The EIP-712 struct hash of the state that signature was on.
     /// @param signature The closer's `Update` signature.
     function penalize(
         bytes32 id,
         address participant1,
         address participant2,
-        uint64 revokedNonce,
+        uint64 revokedBelow,
         bytes32 stateHash,
         bytes calldata signature
     ) external nonReentrant {
         Channel storage c = _closedChannel(id, participant1, participant2);
-        if (revokedNonce < c.nonce) revert RevocationTooOld(c.nonce, revokedNonce);
+        if (revokedBelow <= c.nonce) revert RevocationTooOld(c.nonce, revokedBelow);
         (address closer, address beneficiary) =
             c.closerSide == 1 ? (participant1, participant2) : (participant2, participant1);
-        _requireSigner(_updateDigest(id, revokedNonce, stateHash), signature, closer);
+        _requireSigner(_updateDigest(id, revokedBelow, stateHash), signature, closer);
         uint256 amount = uint256(c.closerAmount) + c.locked1 + c.locked2;
         uint8 beneficiarySide = 3 - c.closerSide;
         emit ChannelPenalized(id, closer, beneficiary, amount);
@@ -635,15 +635,15 @@ contract StarlingChannels is EIP712, ReentrancyGuardTransient {
         return _capacity(c) - c.closerAmount - c.locked1 - c.locked2;
     }
 
-    function _updateDigest(bytes32 id, uint64 revokedNonce, bytes32 stateHash) private view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(UPDATE_TYPEHASH, id, revokedNonce, stateHash)));
+    function _updateDigest(bytes32 id, uint64 revokedBelow, bytes32 stateHash) private view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(UPDATE_TYPEHASH, id, revokedBelow, stateHash)));
     }
 
     function _requireUpdateSigner(bytes32 id, bytes32 stateHash, StateSignature calldata sig, address signer)
         private
         view
     {
-        _requireSigner(_updateDigest(id, sig.revokedNonce, stateHash), sig.signature, signer);
+        _requireSigner(_updateDigest(id, sig.revokedBelow, stateHash), sig.signature, signer);
     }
 
     /// @dev A participant that sends the transaction needs no signature: msg.sender authenticates it.

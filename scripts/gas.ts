@@ -80,7 +80,7 @@ async function measure(mode: Mode): Promise<Row[]> {
     const s2 = stateFor(id1, u1, 2n, 80n);
     record("close", (await h.send(hub, "close", "close", id1, u1.address, s1, await h.stateSig(u1, s1))).gasUsed);
     const { p1, p2 } = sides(u1);
-    record("updateState", (await h.send(u1, "updateState", "updateState", id1, p1.address, p2.address, s2, await h.stateSig(p1, s2), await h.stateSig(p2, s2, 1n))).gasUsed);
+    record("updateState", (await h.send(u1, "updateState", "updateState", id1, p1.address, p2.address, s2, await h.stateSig(p1, s2), await h.stateSig(p2, s2, 2n))).gasUsed);
     await h.increaseTime(period + 1);
     record("settle", (await h.send(u1, "settle", "settle", id1, p1.address, p2.address)).gasUsed);
 
@@ -120,8 +120,8 @@ async function measure(mode: Mode): Promise<Row[]> {
       const old = stateFor(id4, u4, 1n, 100n);
       const newer = stateFor(id4, u4, 2n, 20n);
       await h.send(u4, "close", "close", id4, hub.address, old, await h.stateSig(hub, old));
-      const rev = await h.stateSig(u4, newer, 1n);
-      record("penalize", (await h.send(hub, "penalize", "penalize", id4, p1.address, p2.address, 1n, h.stateHash(newer), rev.signature)).gasUsed);
+      const rev = await h.stateSig(u4, newer, 2n);
+      record("penalize", (await h.send(hub, "penalize", "penalize", id4, p1.address, p2.address, 2n, h.stateHash(newer), rev.signature)).gasUsed);
     }
   } finally {
     await h.stop();

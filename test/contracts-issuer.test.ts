@@ -101,9 +101,9 @@ describe("StarlingChannels (issuer mode)", function () {
     await h.send(hub, "close", "close", id, user.address, s1, await h.stateSig(user, s1));
     const userAfterClose = await h.balanceOf(user.address);
     expect(userAfterClose).to.equal(500n - 100n + 110n);
-    const rev = await h.stateSig(hub, s2, 1n);
+    const rev = await h.stateSig(hub, s2, 2n);
     const [p1, p2] = ordered();
-    await h.send(user, "penalize", "penalize", id, p1.address, p2.address, 1n, h.stateHash(s2), rev.signature);
+    await h.send(user, "penalize", "penalize", id, p1.address, p2.address, 2n, h.stateHash(s2), rev.signature);
     expect(await h.balanceOf(user.address)).to.equal(500n + CREDIT);
     expect(await h.balanceOf(hub.address)).to.equal(0n);
     expect(await h.totalSupply()).to.equal(supply0 + CREDIT);
@@ -115,9 +115,9 @@ describe("StarlingChannels (issuer mode)", function () {
     const s1 = state(1n, 50n, 0n); // hub issued 50
     const s2 = state(2n, 50n, 30n); // user paid back 30
     await h.send(user, "close", "close", id, hub.address, s1, await h.stateSig(hub, s1));
-    const rev = await h.stateSig(user, s2, 1n);
+    const rev = await h.stateSig(user, s2, 2n);
     const [p1, p2] = ordered();
-    await h.send(hub, "penalize", "penalize", id, p1.address, p2.address, 1n, h.stateHash(s2), rev.signature);
+    await h.send(hub, "penalize", "penalize", id, p1.address, p2.address, 2n, h.stateHash(s2), rev.signature);
     expect(await h.balanceOf(hub.address)).to.equal(100n);
     expect(await h.balanceOf(user.address)).to.equal(400n);
     expect(await h.totalSupply()).to.equal(supply0);

@@ -198,17 +198,17 @@ describe("StarlingChannels (collateral mode)", function () {
 
     it("closes without any off-chain state: each side keeps deposits minus withdrawals", async function () {
       const before1 = await h.balanceOf(p1.address);
-      await h.send(p2, "close", "close", id, p1.address, emptyState(id), { revokedNonce: 0n, signature: "0x" });
+      await h.send(p2, "close", "close", id, p1.address, emptyState(id), { revokedBelow: 0n, signature: "0x" });
       expect(await h.balanceOf(p1.address)).to.equal(before1 + 100n);
       await expectRevert(
-        (h.channels.connect(p2) as typeof h.channels).getFunction("close")(id, p1.address, state(0n, 1n), { revokedNonce: 0n, signature: "0x" }),
+        (h.channels.connect(p2) as typeof h.channels).getFunction("close")(id, p1.address, state(0n, 1n), { revokedBelow: 0n, signature: "0x" }),
         "WrongPhase",
       );
     });
 
     it("refuses a nonce-0 state with amounts, a state of another channel and a forged partner signature", async function () {
       const close = (h.channels.connect(p1) as typeof h.channels).getFunction("close");
-      await expectRevert(close(id, p2.address, state(0n, 0n, 5n), { revokedNonce: 0n, signature: "0x" }), "InvalidState");
+      await expectRevert(close(id, p2.address, state(0n, 0n, 5n), { revokedBelow: 0n, signature: "0x" }), "InvalidState");
       const foreign = { ...state(1n), channelId: keccak256("0x02") };
       await expectRevert(close(id, p2.address, foreign, await h.stateSig(p2, foreign)), "ChannelIdMismatch");
       const s = state(1n, 0n, 50n);
@@ -223,7 +223,7 @@ describe("StarlingChannels (collateral mode)", function () {
       // p1 proposed nonce 2 paying p2 30; p2 countersigned (revoking 1); p1's revocation of 1 not yet sent.
       const s2 = state(2n, 30n, 0n);
       const sig1 = await h.stateSig(p1, s2, 0n);
-      const sig2 = await h.stateSig(p2, s2, 1n);
+      const sig2 = await h.stateSig(p2, s2, 2n);
       const before2 = await h.balanceOf(p2.address);
       await h.send(outsider, "updateState", "updateState", id, p1.address, p2.address, s2, sig1, sig2);
       expect(await h.balanceOf(p2.address)).to.equal(before2 + 30n);
@@ -256,7 +256,7 @@ describe("StarlingChannels (collateral mode)", function () {
       const u = h.channels.getFunction("updateState");
       await expectRevert(u(id, p1.address, p2.address, s2, b, a), "InvalidSignature");
       await expectRevert(u(id, p1.address, p2.address, s2, a, await h.stateSig(outsider, s2)), "InvalidSignature");
-      await expectRevert(u(id, p1.address, p2.address, s2, a, { ...b, revokedNonce: 7n }), "InvalidSignature");
+      await expectRevert(u(id, p1.address, p2.address, s2, a, { ...b, revokedBelow: 7n }), "InvalidSignature");
     });
   });
 
@@ -274,9 +274,9 @@ describe("StarlingChannels (collateral mode)", function () {
       const { s1, s3 } = await history();
       // p1 cheats: closes with nonce 1 (good for p1: 110) although it revoked it when signing nonce 3.
       await h.send(p1, "close", "close", id, p2.address, s1, await h.stateSig(p2, s1));
-      const revocation = await h.stateSig(p1, s3, 2n); // p1's Update signature on nonce 3 revokes <= 2
+      const revocation = await h.stateSig(p1, s3, 3n); // p1's Update signature on nonce 3 revokes < 3
       const before2 = await h.balanceOf(p2.address);
-      const receipt = await h.send(outsider, "penalize", "penalize", id, p1.address, p2.address, revocation.revokedNonce, h.stateHash(s3), revocation.signature);
+      const receipt = await h.send(outsider, "penalize", "penalize", id, p1.address, p2.address, revocation.revokedBelow, h.stateHash(s3), revocation.signature);
       // p2 got its share of s1 (40) at close, and now everything else (110).
       expect(await h.balanceOf(p2.address)).to.equal(before2 + 110n);
       const ev = receipt.logs.map((l) => h.channels.interface.parseLog(l)).find((l) => l?.name === "ChannelPenalized");
@@ -292,12 +292,13 @@ describe("StarlingChannels (collateral mode)", function () {
       const pen = h.channels.getFunction("penalize");
       const tooOld = await h.stateSig(p1, s2, 1n);
       await expectRevert(pen(id, p1.address, p2.address, 1n, h.stateHash(s2), tooOld.signature), "RevocationTooOld");
-      const byVictim = await h.stateSig(p2, s3, 2n);
-      await expectRevert(pen(id, p1.address, p2.address, 2n, h.stateHash(s3), byVictim.signature), "InvalidSignature");
-      const good = await h.stateSig(p1, s3, 2n);
-      await expectRevert(pen(id, p1.address, p2.address, 3n, h.stateHash(s3), good.signature), "InvalidSignature");
+      await expectRevert(pen(id, p1.address, p2.address, 2n, h.stateHash(s3), (await h.stateSig(p1, s3, 2n)).signature), "RevocationTooOld");
+      const byVictim = await h.stateSig(p2, s3, 3n);
+      await expectRevert(pen(id, p1.address, p2.address, 3n, h.stateHash(s3), byVictim.signature), "InvalidSignature");
+      const good = await h.stateSig(p1, s3, 3n);
+      await expectRevert(pen(id, p1.address, p2.address, 4n, h.stateHash(s3), good.signature), "InvalidSignature");
       await h.increaseTime(PERIOD + 1);
-      await expectRevert(pen(id, p1.address, p2.address, 2n, h.stateHash(s3), good.signature), "ChallengePeriodOver");
+      await expectRevert(pen(id, p1.address, p2.address, 3n, h.stateHash(s3), good.signature), "ChallengePeriodOver");
     });
 
     it("does not accept a revocation signed for another channel of the same closer", async function () {
@@ -309,7 +310,7 @@ describe("StarlingChannels (collateral mode)", function () {
       const foreignState = { ...state(9n), channelId: otherId };
       const foreign = await p1.signTypedData(h.domain, (await import("../src/chain/typed-data.js")).TYPES.Update, {
         channelId: otherId,
-        revokedNonce: 8n,
+        revokedBelow: 8n,
         state: foreignState,
       });
       await expectRevert(

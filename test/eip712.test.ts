@@ -132,7 +132,7 @@ const STATE_TYPES = { State: STATE_FIELDS };
 const UPDATE_TYPES = {
   Update: [
     { name: "channelId", type: "bytes32" },
-    { name: "revokedNonce", type: "uint64" },
+    { name: "revokedBelow", type: "uint64" },
     { name: "state", type: "State" },
   ],
   State: STATE_FIELDS,
@@ -163,7 +163,7 @@ const ethersDomain = (d: Domain) => ({
 describe("eip712", () => {
   it("encodes the type strings ethers derives", () => {
     expect(TypedDataEncoder.from(UPDATE_TYPES).encodeType("Update")).to.equal(
-      "Update(bytes32 channelId,uint64 revokedNonce,State state)State(bytes32 channelId,uint64 nonce,uint256 sent1,uint256 sent2,uint256 locked1,uint256 locked2,bytes32 locksRoot)",
+      "Update(bytes32 channelId,uint64 revokedBelow,State state)State(bytes32 channelId,uint64 nonce,uint256 sent1,uint256 sent2,uint256 locked1,uint256 locked2,bytes32 locksRoot)",
     );
   });
 
@@ -192,15 +192,15 @@ describe("eip712", () => {
       const state = g.state(i);
       // Half the cases use the state's own channel id, as real updates do.
       const id = i % 2 === 0 ? state.channelId : g.hash(i);
-      const revokedNonce = g.uint(64, i);
-      const value = { channelId: id, revokedNonce, state };
+      const revokedBelow = g.uint(64, i);
+      const value = { channelId: id, revokedBelow, state };
       const stateHash = hashState(state);
-      expect(hashUpdate(id, revokedNonce, stateHash), `case ${i}`).to.equal(
+      expect(hashUpdate(id, revokedBelow, stateHash), `case ${i}`).to.equal(
         TypedDataEncoder.hashStruct("Update", UPDATE_TYPES, value),
       );
       const expected = TypedDataEncoder.hash(ethersDomain(d), UPDATE_TYPES, value);
-      expect(updateDigest(d, id, revokedNonce, stateHash), `case ${i}`).to.equal(expected);
-      expect(bytesToHex(updateDigestBytes(d, id, revokedNonce, stateHash))).to.equal(expected);
+      expect(updateDigest(d, id, revokedBelow, stateHash), `case ${i}`).to.equal(expected);
+      expect(bytesToHex(updateDigestBytes(d, id, revokedBelow, stateHash))).to.equal(expected);
     }
   });
 
@@ -317,7 +317,7 @@ describe("eip712", () => {
     it("nonce of 2^64", () => {
       expect(() => hashState({ ...state, nonce: 1n << 64n })).to.throw(/state\.nonce.*out of range/);
       expect(() => hashState({ ...state, nonce: MAX_UINT64 })).not.to.throw();
-      expect(() => updateDigest(d, state.channelId, 1n << 64n, ZERO_HASH)).to.throw(/revokedNonce/);
+      expect(() => updateDigest(d, state.channelId, 1n << 64n, ZERO_HASH)).to.throw(/revokedBelow/);
     });
 
     it("negative or oversized amounts", () => {

@@ -26,7 +26,7 @@ export const TYPES = {
   Update: {
     Update: [
       { name: "channelId", type: "bytes32" },
-      { name: "revokedNonce", type: "uint64" },
+      { name: "revokedBelow", type: "uint64" },
       { name: "state", type: "State" },
     ],
     State: STATE,

@@ -106,12 +106,12 @@ export class Harness {
     return this.send(w, "deposit", "deposit", id, w.address, partner.address, total);
   }
 
-  signUpdate(w: HDNodeWallet, state: StateValue, revokedNonce: bigint): Promise<string> {
-    return w.signTypedData(this.domain, TYPES.Update, { channelId: state.channelId, revokedNonce, state });
+  signUpdate(w: HDNodeWallet, state: StateValue, revokedBelow: bigint): Promise<string> {
+    return w.signTypedData(this.domain, TYPES.Update, { channelId: state.channelId, revokedBelow, state });
   }
 
-  async stateSig(w: HDNodeWallet, state: StateValue, revokedNonce = 0n) {
-    return { revokedNonce, signature: await this.signUpdate(w, state, revokedNonce) };
+  async stateSig(w: HDNodeWallet, state: StateValue, revokedBelow = 0n) {
+    return { revokedBelow, signature: await this.signUpdate(w, state, revokedBelow) };
   }
 
   signWithdraw(w: HDNodeWallet, v: { channelId: string; participant: string; totalWithdraw: bigint; expiry: bigint }) {

@@ -26,7 +26,7 @@ export const EIP712_DOMAIN_TYPE =
   "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)";
 export const STATE_TYPE =
   "State(bytes32 channelId,uint64 nonce,uint256 sent1,uint256 sent2,uint256 locked1,uint256 locked2,bytes32 locksRoot)";
-export const UPDATE_TYPE = `Update(bytes32 channelId,uint64 revokedNonce,State state)${STATE_TYPE}`;
+export const UPDATE_TYPE = `Update(bytes32 channelId,uint64 revokedBelow,State state)${STATE_TYPE}`;
 export const WITHDRAW_TYPE =
   "Withdraw(bytes32 channelId,address participant,uint256 totalWithdraw,uint256 expiry)";
 export const COOPERATIVE_CLOSE_TYPE = "CooperativeClose(bytes32 channelId,uint256 balance1,uint256 balance2)";
@@ -256,11 +256,11 @@ function stateStructHash(state: ChannelState): Uint8Array {
   return keccak_256(buf);
 }
 
-function updateStructHash(channelId: Hex, revokedNonce: bigint, stateHash: Hex): Uint8Array {
+function updateStructHash(channelId: Hex, revokedBelow: bigint, stateHash: Hex): Uint8Array {
   const [buf, view] = words(4);
   buf.set(UPDATE_TYPEHASH, 0);
   writeHex(buf, 32, channelId, 32, "update.channelId");
-  writeUint(view, 64, revokedNonce, MAX_UINT64, "update.revokedNonce");
+  writeUint(view, 64, revokedBelow, MAX_UINT64, "update.revokedBelow");
   writeHex(buf, 96, stateHash, 32, "update.stateHash");
   return keccak_256(buf);
 }
@@ -291,9 +291,9 @@ export function hashState(state: ChannelState): Hex {
   return bytesToHex(stateStructHash(state));
 }
 
-/** EIP-712 struct hash of `Update{channelId, revokedNonce, state}` given the state's struct hash. */
-export function hashUpdate(channelId: Hex, revokedNonce: bigint, stateHash: Hex): Hex {
-  return bytesToHex(updateStructHash(channelId, revokedNonce, stateHash));
+/** EIP-712 struct hash of `Update{channelId, revokedBelow, state}` given the state's struct hash. */
+export function hashUpdate(channelId: Hex, revokedBelow: bigint, stateHash: Hex): Hex {
+  return bytesToHex(updateStructHash(channelId, revokedBelow, stateHash));
 }
 
 export function hashWithdraw(w: WithdrawRequest): Hex {
@@ -307,12 +307,12 @@ export function hashCooperativeClose(c: CooperativeCloseTerms): Hex {
 // ------------------------------------------------------------------ digests
 // The *Bytes forms feed a signer directly, skipping a hex round trip on the payment path.
 
-export function updateDigestBytes(domain: Domain, channelId: Hex, revokedNonce: bigint, stateHash: Hex): Uint8Array {
-  return typedDataDigest(domain, updateStructHash(channelId, revokedNonce, stateHash));
+export function updateDigestBytes(domain: Domain, channelId: Hex, revokedBelow: bigint, stateHash: Hex): Uint8Array {
+  return typedDataDigest(domain, updateStructHash(channelId, revokedBelow, stateHash));
 }
 
-export function updateDigest(domain: Domain, channelId: Hex, revokedNonce: bigint, stateHash: Hex): Hex {
-  return bytesToHex(updateDigestBytes(domain, channelId, revokedNonce, stateHash));
+export function updateDigest(domain: Domain, channelId: Hex, revokedBelow: bigint, stateHash: Hex): Hex {
+  return bytesToHex(updateDigestBytes(domain, channelId, revokedBelow, stateHash));
 }
 
 export function withdrawDigestBytes(domain: Domain, w: WithdrawRequest): Uint8Array {
