@@ -1,0 +1,85 @@
+/**
+ * Store throughput: commits/s for 10,000 single-channel commits (one channel record replaced and
+ * one outbox message added, as a protocol transition does), awaited one at a time vs 100 in
+ * flight, with sync false and true; plus codec encode/decode rates. Not a test.
+ * Usage: npx tsx scripts/bench-store.ts
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import { decode, encode } from "../src/store/codec.js";
+import { LevelStore } from "../src/store/store.js";
+
+const COMMITS = 10_000;
+const IN_FLIGHT = 100;
+const CHANNELS = 100;
+
+const HASH = `0x${"ab".repeat(32)}`;
+const SIG = `0x${"cd".repeat(65)}`;
+
+function channelRecord(id: number, nonce: bigint): unknown {
+  return {
+    id: `0x${id.toString(16).padStart(64, "0")}`,
+    nonce,
+    balances: [10n ** 24n - nonce, nonce],
+    locks: Array.from({ length: 3 }, (_, i) => ({ hash: HASH, amount: 1000n + BigInt(i), expiry: 1_700_000_000 + i })),
+    theirSig: SIG,
+    phase: "open",
+  };
+}
+
+function transition(i: number, channel: number): Parameters<LevelStore["commit"]>[0] {
+  const nonce = BigInt(i);
+  return {
+    channels: [{ channelId: `ch${channel}`, record: channelRecord(channel, nonce) }],
+    outboxAdd: [{ peer: `peer${channel}`, message: { kind: "update", channel, nonce, sig: SIG } }],
+  };
+}
+
+async function run(sync: boolean, inFlight: number): Promise<{ rate: number; writes: number }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "starling-bench-"));
+  const store = new LevelStore(dir, { sync });
+  await store.open();
+  try {
+    let next = 0;
+    const worker = async (w: number): Promise<void> => {
+      // With one worker the commits cycle through the channels; with many, each worker is one channel.
+      for (let i = next++; i < COMMITS; i = next++) await store.commit(transition(i, inFlight === 1 ? i % CHANNELS : w));
+    };
+    const start = performance.now();
+    await Promise.all(Array.from({ length: inFlight }, (_, w) => worker(w)));
+    const elapsed = performance.now() - start;
+    return { rate: (COMMITS / elapsed) * 1000, writes: store.stats.writes };
+  } finally {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function codecRate(op: () => void): number {
+  for (let i = 0; i < 2000; i++) op();
+  let n = 0;
+  const start = performance.now();
+  while (performance.now() - start < 500) for (let i = 0; i < 100; i++, n++) op();
+  return (n / (performance.now() - start)) * 1000;
+}
+
+const fmt = (v: number): string => Math.round(v).toLocaleString("en-US").padStart(9);
+
+console.log(`node ${process.version} ${process.platform}-${process.arch}; LevelDB in ${os.tmpdir()}; ${COMMITS.toLocaleString("en-US")} commits per row`);
+await run(false, 1); // warm-up: JIT and the native addon
+for (const sync of [false, true]) {
+  for (const inFlight of [1, IN_FLIGHT]) {
+    const { rate, writes } = await run(sync, inFlight);
+    const mode = inFlight === 1 ? "sequential" : `${inFlight} in flight`;
+    console.log(`sync ${String(sync).padEnd(5)} ${mode.padEnd(13)} ${fmt(rate)} commits/s   ${fmt(writes)} writes (${(COMMITS / writes).toFixed(1)} commits/write)`);
+  }
+}
+
+const record = channelRecord(1, 123_456n);
+const text = encode(record);
+const bigintToString = (_: string, v: unknown): unknown => (typeof v === "bigint" ? v.toString() : v);
+console.log(`codec, ${text.length}-byte channel record:`);
+console.log(`  encode ${fmt(codecRate(() => encode(record)))}/s   (JSON.stringify with a bigint replacer: ${fmt(codecRate(() => JSON.stringify(record, bigintToString)))}/s)`);
+console.log(`  decode ${fmt(codecRate(() => decode(text)))}/s   (JSON.parse alone: ${fmt(codecRate(() => JSON.parse(text)))}/s)`);

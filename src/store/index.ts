@@ -1,0 +1,12 @@
+export { decode, encode, DecodeError, EncodeError } from "./codec.js";
+export {
+  CorruptValueError,
+  LevelStore,
+  MemoryStore,
+  StoreClosedError,
+  type Batch,
+  type CommitResult,
+  type LevelStoreOptions,
+  type OutboxEntry,
+  type Store,
+} from "./store.js";

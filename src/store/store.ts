@@ -1,0 +1,469 @@
+/**
+ * Persistent state of a node: channel records, payments, secrets, the per-peer outbox and meta
+ * values. The shell persists a transition's writes with one {@link Store.commit} before sending
+ * the transition's messages, so a crash never leaves a message sent whose state is lost.
+ *
+ * Key layout (one keyspace, "!"-terminated prefixes; values are {@link encode}d JSON):
+ *   c!<channelId>              channel record, replaced in place: O(1) per channel
+ *   p!<paymentId>              payment record, removable with deletePayments
+ *   s!<secretHash>             secret
+ *   o!<peer>!<seq: 16 hex>     outbox message; fixed-width seq so byte order is numeric order
+ *   q!<peer>                   next outbox seq for peer, persisted so seqs survive restart
+ *   m!<key>                    meta value
+ * In the outbox key, "%" and "!" in the peer are escaped as "%25" and "%21", so one peer's
+ * range never contains another's.
+ */
+import { Level } from "level";
+import { DecodeError, EncodeError, decode, encode } from "./codec.js";
+
+export interface OutboxEntry<T> {
+  peer: string;
+  seq: bigint;
+  message: T;
+}
+
+export interface CommitResult {
+  /** Seq assigned to each entry of `batch.outboxAdd`, in the same order. */
+  outboxSeqs: bigint[];
+}
+
+export interface Store {
+  open(): Promise<void>;
+  /** Waits for accepted commits to be written, then closes. Closing a closed store is a no-op. */
+  close(): Promise<void>;
+  getChannel<T>(channelId: string): Promise<T | undefined>;
+  /** All channel records, in channel-id order. */
+  listChannels<T>(): Promise<T[]>;
+  getPayment<T>(paymentId: string): Promise<T | undefined>;
+  getSecret(secretHash: string): Promise<string | undefined>;
+  /** Pending messages, grouped by peer and in seq order within a peer. */
+  listOutbox<T>(peer?: string): Promise<OutboxEntry<T>[]>;
+  getMeta<T>(key: string): Promise<T | undefined>;
+  /**
+   * Applies every write of one protocol transition atomically: all of it or none of it.
+   * Values are validated and outbox seqs assigned synchronously, in call order, before this
+   * returns; the promise resolves once the writes are in the database.
+   */
+  commit(batch: Batch): Promise<CommitResult>;
+}
+
+/**
+ * Writes of one transition. Applied in this order, so within one batch a delete of a payment
+ * wins over a put of it, and an ack can remove a message added by the same batch.
+ */
+export interface Batch {
+  /** Put (replace). */
+  channels?: { channelId: string; record: unknown }[];
+  /** Put (replace). */
+  payments?: { paymentId: string; record: unknown }[];
+  deletePayments?: string[];
+  secrets?: { secretHash: string; secret: string }[];
+  meta?: { key: string; value: unknown }[];
+  /** The store assigns each message the peer's next seq (starting at 1, never reused). */
+  outboxAdd?: { peer: string; message: unknown }[];
+  /** Deletes; acking an absent seq is a no-op. */
+  outboxAck?: { peer: string; seq: bigint }[];
+}
+
+export class StoreClosedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StoreClosedError";
+  }
+}
+
+/** A stored value or key that can't be decoded. */
+export class CorruptValueError extends Error {
+  readonly key: string;
+  constructor(key: string, detail: string, options?: { cause?: unknown }) {
+    super(`corrupt value at key ${JSON.stringify(key)}: ${detail}`, options);
+    this.name = "CorruptValueError";
+    this.key = key;
+  }
+}
+
+const CHANNEL = "c!";
+const PAYMENT = "p!";
+const SECRET = "s!";
+const OUTBOX = "o!";
+const NEXT_SEQ = "q!";
+const META = "m!";
+
+const SEQ_HEX = 16;
+const MAX_SEQ = (1n << 64n) - 1n;
+
+type WriteOp = { type: "put"; key: string; value: string } | { type: "del"; key: string };
+
+/** A sorted string keyspace; all the store needs from LevelDB. */
+interface Backend {
+  readonly description: string;
+  open(): Promise<void>;
+  close(): Promise<void>;
+  get(key: string): Promise<string | undefined>;
+  /** Entries with gte <= key < lt, in key order. */
+  entries(gte: string, lt: string): Promise<[string, string][]>;
+  /** Atomic. */
+  write(ops: WriteOp[]): Promise<void>;
+}
+
+/** Smallest string above every string starting with `prefix` (whose last char is ASCII). */
+function upperBound(prefix: string): string {
+  return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
+}
+
+function escapePeer(peer: string): string {
+  return /[!%]/.test(peer) ? peer.replace(/[!%]/g, (c) => (c === "!" ? "%21" : "%25")) : peer;
+}
+
+function unescapePeer(escaped: string): string {
+  return escaped.includes("%") ? escaped.replace(/%2[15]/g, (m) => (m === "%21" ? "!" : "%")) : escaped;
+}
+
+function outboxPrefix(peer: string): string {
+  return OUTBOX + escapePeer(peer) + "!";
+}
+
+function outboxKey(peer: string, seq: bigint): string {
+  return outboxPrefix(peer) + seq.toString(16).padStart(SEQ_HEX, "0");
+}
+
+function parseOutboxKey(key: string): { peer: string; seq: bigint } {
+  const sep = key.length - SEQ_HEX - 1;
+  const hex = key.slice(sep + 1);
+  if (sep < OUTBOX.length || key[sep] !== "!" || !/^[0-9a-f]+$/.test(hex)) {
+    throw new CorruptValueError(key, "malformed outbox key");
+  }
+  return { peer: unescapePeer(key.slice(OUTBOX.length, sep)), seq: BigInt("0x" + hex) };
+}
+
+function checkString(value: unknown, what: string): string {
+  if (typeof value !== "string") throw new TypeError(`${what} must be a string, got ${typeof value}`);
+  return value;
+}
+
+function checkSeq(value: unknown, what: string): bigint {
+  if (typeof value !== "bigint" || value < 0n || value > MAX_SEQ) {
+    throw new TypeError(`${what} must be a bigint in [0, 2^64), got ${String(value)}`);
+  }
+  return value;
+}
+
+/** Encodes `value`, naming where in the batch it sits if it can't be. */
+function encodeAt(value: unknown, field: string, index: number, prop: string): string {
+  try {
+    return encode(value);
+  } catch (err) {
+    throw err instanceof EncodeError ? err.prepend(prop).prepend(index).prepend(field) : err;
+  }
+}
+
+interface Waiter {
+  result: CommitResult;
+  resolve: (result: CommitResult) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Commits accepted while the previous write was being scheduled or in flight. */
+interface Group {
+  ops: WriteOp[];
+  peers: Set<string>;
+  waiters: Waiter[];
+}
+
+type State = "closed" | "opening" | "open" | "closing";
+
+class KeyValueStore implements Store {
+  private state: State = "closed";
+  /** Next outbox seq per peer; authoritative while open, persisted with every write using it. */
+  private readonly nextSeq = new Map<string, bigint>();
+  private pending: Group | null = null;
+  private flushing: Promise<void> | null = null;
+  private commitCount = 0;
+  private writeCount = 0;
+
+  protected constructor(private readonly backend: Backend) {}
+
+  /** Commits accepted and database writes issued since construction; commits/writes is the coalescing factor. */
+  get stats(): { commits: number; writes: number } {
+    return { commits: this.commitCount, writes: this.writeCount };
+  }
+
+  async open(): Promise<void> {
+    if (this.state !== "closed") throw new Error(`${this.backend.description} is already ${this.state}`);
+    this.state = "opening";
+    try {
+      await this.backend.open();
+      this.nextSeq.clear();
+      for (const [key, raw] of await this.backend.entries(NEXT_SEQ, upperBound(NEXT_SEQ))) {
+        const next = this.decodeAt(key, raw);
+        if (typeof next !== "bigint") throw new CorruptValueError(key, "outbox counter is not a bigint");
+        this.nextSeq.set(key.slice(NEXT_SEQ.length), next);
+      }
+      this.state = "open";
+    } catch (err) {
+      this.state = "closed";
+      await this.backend.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.state === "closed") return;
+    if (this.state !== "open") throw new Error(`${this.backend.description} is ${this.state}`);
+    this.state = "closing";
+    try {
+      while (this.flushing) await this.flushing;
+    } finally {
+      this.state = "closed";
+      await this.backend.close();
+    }
+  }
+
+  getChannel<T>(channelId: string): Promise<T | undefined> {
+    return this.read<T>(CHANNEL + channelId);
+  }
+
+  async listChannels<T>(): Promise<T[]> {
+    this.assertOpen();
+    const rows = await this.backend.entries(CHANNEL, upperBound(CHANNEL));
+    return rows.map(([key, raw]) => this.decodeAt(key, raw) as T);
+  }
+
+  getPayment<T>(paymentId: string): Promise<T | undefined> {
+    return this.read<T>(PAYMENT + paymentId);
+  }
+
+  async getSecret(secretHash: string): Promise<string | undefined> {
+    const key = SECRET + secretHash;
+    const secret = await this.read<unknown>(key);
+    if (secret !== undefined && typeof secret !== "string") throw new CorruptValueError(key, "secret is not a string");
+    return secret;
+  }
+
+  async listOutbox<T>(peer?: string): Promise<OutboxEntry<T>[]> {
+    this.assertOpen();
+    const prefix = peer === undefined ? OUTBOX : outboxPrefix(peer);
+    const rows = await this.backend.entries(prefix, upperBound(prefix));
+    return rows.map(([key, raw]) => ({ ...parseOutboxKey(key), message: this.decodeAt(key, raw) as T }));
+  }
+
+  getMeta<T>(key: string): Promise<T | undefined> {
+    return this.read<T>(META + key);
+  }
+
+  commit(batch: Batch): Promise<CommitResult> {
+    if (this.state !== "open") return Promise.reject(this.closedError());
+    const ops: WriteOp[] = [];
+    const adds: { peer: string; value: string }[] = [];
+    const assigned = new Map<string, bigint>();
+    const outboxSeqs: bigint[] = [];
+    try {
+      // Everything that can fail happens before any shared state changes, so a rejected
+      // commit consumes no seqs and writes nothing.
+      (batch.channels ?? []).forEach((c, i) => {
+        ops.push({ type: "put", key: CHANNEL + checkString(c.channelId, "channelId"), value: encodeAt(c.record, "channels", i, "record") });
+      });
+      (batch.payments ?? []).forEach((p, i) => {
+        ops.push({ type: "put", key: PAYMENT + checkString(p.paymentId, "paymentId"), value: encodeAt(p.record, "payments", i, "record") });
+      });
+      for (const id of batch.deletePayments ?? []) ops.push({ type: "del", key: PAYMENT + checkString(id, "deletePayments entry") });
+      for (const s of batch.secrets ?? []) {
+        ops.push({ type: "put", key: SECRET + checkString(s.secretHash, "secretHash"), value: encode(checkString(s.secret, "secret")) });
+      }
+      (batch.meta ?? []).forEach((m, i) => {
+        ops.push({ type: "put", key: META + checkString(m.key, "meta key"), value: encodeAt(m.value, "meta", i, "value") });
+      });
+      (batch.outboxAdd ?? []).forEach((m, i) => {
+        adds.push({ peer: checkString(m.peer, "outbox peer"), value: encodeAt(m.message, "outboxAdd", i, "message") });
+      });
+      for (const { peer, value } of adds) {
+        const seq = assigned.get(peer) ?? this.nextSeq.get(peer) ?? 1n;
+        if (seq > MAX_SEQ) throw new RangeError(`outbox seq for peer ${JSON.stringify(peer)} exhausted`);
+        assigned.set(peer, seq + 1n);
+        outboxSeqs.push(seq);
+        ops.push({ type: "put", key: outboxKey(peer, seq), value });
+      }
+      for (const a of batch.outboxAck ?? []) {
+        ops.push({ type: "del", key: outboxKey(checkString(a.peer, "outbox peer"), checkSeq(a.seq, "outbox seq")) });
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+
+    const group = (this.pending ??= { ops: [], peers: new Set(), waiters: [] });
+    for (const op of ops) group.ops.push(op);
+    for (const [peer, next] of assigned) {
+      this.nextSeq.set(peer, next);
+      group.peers.add(peer);
+    }
+    this.commitCount++;
+    const done = new Promise<CommitResult>((resolve, reject) => group.waiters.push({ result: { outboxSeqs }, resolve, reject }));
+    // Deferred to a microtask so that commits issued in the same tick share one write.
+    this.flushing ??= Promise.resolve().then(() => this.flush());
+    return done;
+  }
+
+  /** Writes pending groups one at a time; commits arriving during a write join the next group. */
+  private async flush(): Promise<void> {
+    try {
+      while (this.pending) {
+        const group = this.pending;
+        this.pending = null;
+        // Every commit that used these counters is in this group or an earlier one.
+        for (const peer of group.peers) {
+          group.ops.push({ type: "put", key: NEXT_SEQ + peer, value: encode(this.nextSeq.get(peer)) });
+        }
+        this.writeCount++;
+        try {
+          await this.backend.write(group.ops);
+        } catch (err) {
+          const failure = new Error(`${this.backend.description}: write failed`, { cause: err });
+          for (const w of group.waiters) w.reject(failure);
+          continue;
+        }
+        for (const w of group.waiters) w.resolve(w.result);
+      }
+    } finally {
+      this.flushing = null;
+    }
+  }
+
+  private async read<T>(key: string): Promise<T | undefined> {
+    this.assertOpen();
+    const raw = await this.backend.get(key);
+    return raw === undefined ? undefined : (this.decodeAt(key, raw) as T);
+  }
+
+  private decodeAt(key: string, raw: string): unknown {
+    try {
+      return decode(raw);
+    } catch (err) {
+      if (err instanceof DecodeError) throw new CorruptValueError(key, err.message, { cause: err });
+      throw err;
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.state !== "open") throw this.closedError();
+  }
+
+  private closedError(): StoreClosedError {
+    const why = this.state === "closed" ? "closed (call open() first)" : this.state;
+    return new StoreClosedError(`${this.backend.description} is not open: it is ${why}`);
+  }
+}
+
+class LevelBackend implements Backend {
+  private db: Level<string, string> | null = null;
+
+  constructor(
+    readonly location: string,
+    private readonly sync: boolean,
+  ) {}
+
+  get description(): string {
+    return `LevelStore(${this.location})`;
+  }
+
+  async open(): Promise<void> {
+    // A fresh handle per open: a Level instance opens itself on construction.
+    const db = new Level<string, string>(this.location, { keyEncoding: "utf8", valueEncoding: "utf8" });
+    try {
+      await db.open();
+    } catch (err) {
+      const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : String(err);
+      throw new Error(`${this.description}: cannot open: ${cause}`, { cause: err });
+    }
+    this.db = db;
+  }
+
+  async close(): Promise<void> {
+    const db = this.db;
+    this.db = null;
+    await db?.close();
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return this.handle().get(key);
+  }
+
+  entries(gte: string, lt: string): Promise<[string, string][]> {
+    return this.handle().iterator({ gte, lt }).all();
+  }
+
+  write(ops: WriteOp[]): Promise<void> {
+    return this.handle().batch(ops, { sync: this.sync });
+  }
+
+  private handle(): Level<string, string> {
+    if (!this.db) throw new StoreClosedError(`${this.description} is not open`);
+    return this.db;
+  }
+}
+
+export interface LevelStoreOptions {
+  /**
+   * fsync every write. With `false` (the default) a resolved commit is in LevelDB's log in the
+   * OS page cache: it survives the process being killed (even kill -9) but not an OS crash or
+   * power loss, which may lose the last writes (never part of one: the log is replayed up to the
+   * last whole batch). With `true` it survives those too, at the cost of one fsync per write;
+   * group commit shares that fsync among all commits that were waiting for it.
+   */
+  sync?: boolean;
+}
+
+/**
+ * LevelDB store. Concurrent commits (issued in the same tick, or while a write is in flight) are
+ * coalesced into one atomic `batch()` write; each caller's promise resolves when that write does.
+ */
+export class LevelStore extends KeyValueStore {
+  readonly location: string;
+
+  constructor(location: string, options: LevelStoreOptions = {}) {
+    super(new LevelBackend(location, options.sync ?? false));
+    this.location = location;
+  }
+}
+
+class MemoryBackend implements Backend {
+  readonly description = "MemoryStore";
+
+  constructor(private readonly data: Map<string, string>) {}
+
+  open(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return Promise.resolve(this.data.get(key));
+  }
+
+  entries(gte: string, lt: string): Promise<[string, string][]> {
+    const rows: [string, string][] = [];
+    for (const row of this.data) if (row[0] >= gte && row[0] < lt) rows.push(row);
+    return Promise.resolve(rows.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
+  }
+
+  write(ops: WriteOp[]): Promise<void> {
+    for (const op of ops) {
+      if (op.type === "put") this.data.set(op.key, op.value);
+      else this.data.delete(op.key);
+    }
+    return Promise.resolve();
+  }
+}
+
+/**
+ * In-memory store with the same behaviour as {@link LevelStore}: same keys, same codec (so
+ * records are copied in and out and invalid ones are rejected), same commit grouping.
+ * Pass the same `data` map to a new instance to model a restart.
+ */
+export class MemoryStore extends KeyValueStore {
+  constructor(data: Map<string, string> = new Map()) {
+    super(new MemoryBackend(data));
+  }
+}

@@ -1,0 +1,546 @@
+import { expect } from "chai";
+import fc from "fast-check";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Level } from "level";
+import { DecodeError, EncodeError, decode, encode } from "../src/store/codec.js";
+import { CorruptValueError, LevelStore, MemoryStore, StoreClosedError, type Store } from "../src/store/store.js";
+
+describe("store codec", () => {
+  const leaf = fc.oneof(
+    fc.constant(null),
+    fc.boolean(),
+    fc.integer(),
+    fc.double({ noNaN: true, noDefaultInfinity: true }).filter((d) => !Object.is(d, -0)),
+    fc.string({ unit: "binary" }),
+    fc.bigInt(),
+    fc.bigInt().map((n) => `$${n}`),
+    fc.string().map((s) => `$${s}`),
+    fc.constantFrom("$", "$$", "$-", "$-0", "$01", "$$1", "$abc", '{"$n":"1"}'),
+  );
+  const { value } = fc.letrec((tie) => ({
+    value: fc.oneof({ depthSize: "small", withCrossShrink: true }, leaf, tie("array"), tie("object")),
+    array: fc.array(tie("value"), { maxLength: 6 }),
+    object: fc.dictionary(fc.oneof(fc.string(), fc.constantFrom("$1", "__proto__", "$n")), tie("value"), { maxKeys: 6 }),
+  }));
+
+  it("round-trips plain data with bigints", () => {
+    fc.assert(
+      fc.property(value, (x) => {
+        const text = encode(x);
+        expect(decode(text)).to.deep.equal(x);
+        expect(encode(decode(text))).to.equal(text);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it("keeps strings that look like encoded bigints as strings", () => {
+    const x = { a: "$123", b: 123n, c: ["$$", "$", "$-1", -1n], $d: "$" };
+    expect(decode(encode(x))).to.deep.equal(x);
+    expect(encode(5n)).to.equal('"$5"');
+    expect(encode("$5")).to.equal('"$$5"');
+  });
+
+  it("keeps an own __proto__ property", () => {
+    const x: Record<string, unknown> = {};
+    Object.defineProperty(x, "__proto__", { value: 7n, enumerable: true, writable: true, configurable: true });
+    const out = decode(encode(x)) as object;
+    expect(Object.getPrototypeOf(out)).to.equal(Object.prototype);
+    expect(Object.getOwnPropertyDescriptor(out, "__proto__")?.value).to.equal(7n);
+  });
+
+  it("drops undefined object properties and stores -0 as 0", () => {
+    expect(decode(encode({ a: undefined, b: 1 }))).to.deep.equal({ b: 1 });
+    expect(Object.is(decode(encode(-0)), 0)).to.equal(true);
+  });
+
+  it("rejects values that are not plain data, naming where they are", () => {
+    class Point {
+      x = 1;
+    }
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    const cases: [unknown, RegExp][] = [
+      [undefined, /undefined at \$$/],
+      [[1, undefined], /undefined \(array element\) at \$\[1\]/],
+      // eslint-disable-next-line no-sparse-arrays
+      [[1, , 2], /undefined \(array element\) at \$\[1\]/],
+      [{ a: [1, { b: () => 1 }] }, /function at \$\.a\[1\]\.b/],
+      [{ "odd key": Symbol("s") }, /symbol at \$\["odd key"\]/],
+      [NaN, /NaN/],
+      [{ x: Infinity }, /Infinity at \$\.x/],
+      [new Date(0), /instance of Date/],
+      [new Map(), /instance of Map/],
+      [{ p: new Point() }, /instance of Point.*at \$\.p/],
+      [new Uint8Array(2), /Uint8Array \(hex-encode/],
+      [{ b: Buffer.from("ab") }, /Buffer \(hex-encode.*at \$\.b/],
+      [cyclic, /cyclic reference at \$\.self/],
+    ];
+    for (const [input, message] of cases) {
+      expect(() => encode(input), String(message)).to.throw(EncodeError, message);
+    }
+  });
+
+  it("rejects text it did not write", () => {
+    for (const text of ["{", "", '"$abc"', '"$01"', '"$-"', '"$"', '["$1x"]', '{"a":"$ 1"}']) {
+      expect(() => decode(text), text).to.throw(DecodeError);
+    }
+  });
+});
+
+interface Disk {
+  /** A new, unopened store over this disk's data. */
+  store(): LevelStore | MemoryStore;
+  /** Every raw key; call with no store open on the disk. */
+  keys(): Promise<string[]>;
+  /** Writes a raw value; call with no store open on the disk. */
+  putRaw(key: string, value: string): Promise<void>;
+  dispose(): void;
+}
+
+function levelDisk(): Disk {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "starling-store-"));
+  const raw = async <R>(use: (db: Level<string, string>) => Promise<R>): Promise<R> => {
+    const db = new Level<string, string>(dir, { keyEncoding: "utf8", valueEncoding: "utf8" });
+    await db.open();
+    try {
+      return await use(db);
+    } finally {
+      await db.close();
+    }
+  };
+  return {
+    store: () => new LevelStore(dir),
+    keys: () => raw((db) => db.keys().all()),
+    putRaw: (key, value) => raw((db) => db.put(key, value)),
+    dispose: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+function memoryDisk(): Disk {
+  const data = new Map<string, string>();
+  return {
+    store: () => new MemoryStore(data),
+    keys: () => Promise.resolve([...data.keys()].sort()),
+    putRaw: (key, value) => {
+      data.set(key, value);
+      return Promise.resolve();
+    },
+    dispose: () => data.clear(),
+  };
+}
+
+interface ChannelRecord {
+  id: string;
+  nonce: bigint;
+  balances: [bigint, bigint];
+  locks: { hash: string; amount: bigint; expiry: number }[];
+  closed: boolean;
+  note: string | null;
+}
+
+const channel = (id: string, nonce: bigint): ChannelRecord => ({
+  id,
+  nonce,
+  balances: [10n ** 24n - nonce, nonce],
+  locks: [{ hash: `0x${"ab".repeat(32)}`, amount: 5n, expiry: 1_700_000_000 }],
+  closed: false,
+  note: nonce % 2n === 0n ? "$even" : null,
+});
+
+async function rejection(promise: Promise<unknown>): Promise<Error> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof Error) return err;
+    throw new Error(`rejected with a non-Error: ${String(err)}`);
+  }
+  throw new Error("expected a rejection");
+}
+
+function storeSuite(name: string, makeDisk: () => Disk): void {
+  describe(name, () => {
+    let disk: Disk;
+    let store: LevelStore | MemoryStore;
+
+    /** Closes the current store and opens a new instance over the same data. */
+    async function restart(): Promise<void> {
+      await store.close();
+      store = disk.store();
+      await store.open();
+    }
+
+    beforeEach(async () => {
+      disk = makeDisk();
+      store = disk.store();
+      await store.open();
+    });
+
+    afterEach(async () => {
+      await store.close();
+      disk.dispose();
+    });
+
+    it("round-trips every kind of record, and misses return undefined", async () => {
+      const a = channel("a", 1n);
+      const b = channel("b", 2n);
+      const payment = { id: "pay1", amount: 123n, route: ["x", "y"], meta: { "$weird": "$1" } };
+      const result = await store.commit({
+        channels: [
+          { channelId: "b", record: b },
+          { channelId: "a", record: a },
+        ],
+        payments: [{ paymentId: "pay1", record: payment }],
+        secrets: [{ secretHash: "0xhash", secret: "0xsecret" }],
+        meta: [
+          { key: "height", value: 42n },
+          { key: "cfg", value: { peers: ["p"], fee: 0.5 } },
+        ],
+        outboxAdd: [
+          { peer: "p1", message: { kind: "update", nonce: 1n } },
+          { peer: "p2", message: { kind: "update", nonce: 2n } },
+          { peer: "p1", message: { kind: "lock", nonce: 3n } },
+        ],
+      });
+      expect(result.outboxSeqs).to.deep.equal([1n, 1n, 2n]);
+
+      for (let pass = 0; pass < 2; pass++) {
+        expect(await store.getChannel<ChannelRecord>("a")).to.deep.equal(a);
+        expect(await store.listChannels<ChannelRecord>()).to.deep.equal([a, b]);
+        expect(await store.getPayment("pay1")).to.deep.equal(payment);
+        expect(await store.getSecret("0xhash")).to.equal("0xsecret");
+        expect(await store.getMeta("height")).to.equal(42n);
+        expect(await store.getMeta("cfg")).to.deep.equal({ peers: ["p"], fee: 0.5 });
+        expect(await store.listOutbox("p1")).to.deep.equal([
+          { peer: "p1", seq: 1n, message: { kind: "update", nonce: 1n } },
+          { peer: "p1", seq: 2n, message: { kind: "lock", nonce: 3n } },
+        ]);
+        expect((await store.listOutbox()).map((e) => [e.peer, e.seq])).to.deep.equal([
+          ["p1", 1n],
+          ["p1", 2n],
+          ["p2", 1n],
+        ]);
+        expect(await store.getChannel("zz")).to.equal(undefined);
+        expect(await store.getPayment("zz")).to.equal(undefined);
+        expect(await store.getSecret("zz")).to.equal(undefined);
+        expect(await store.getMeta("zz")).to.equal(undefined);
+        expect(await store.listOutbox("nobody")).to.deep.equal([]);
+        await restart();
+      }
+    });
+
+    it("hands out copies: mutating a record after commit or read changes nothing stored", async () => {
+      const rec = channel("a", 1n);
+      await store.commit({ channels: [{ channelId: "a", record: rec }] });
+      rec.nonce = 99n;
+      const read = (await store.getChannel<ChannelRecord>("a"))!;
+      read.balances[0] = 0n;
+      expect(await store.getChannel("a")).to.deep.equal(channel("a", 1n));
+    });
+
+    it("replaces channels in place and prunes payments", async () => {
+      await store.commit({
+        channels: [{ channelId: "a", record: channel("a", 1n) }],
+        payments: [
+          { paymentId: "p1", record: { n: 1n } },
+          { paymentId: "p2", record: { n: 2n } },
+        ],
+      });
+      await store.commit({
+        channels: [{ channelId: "a", record: channel("a", 2n) }],
+        payments: [{ paymentId: "p3", record: { n: 3n } }],
+        deletePayments: ["p1", "p3", "never-existed"],
+      });
+      expect(await store.getChannel("a")).to.deep.equal(channel("a", 2n));
+      expect(await store.getPayment("p1")).to.equal(undefined);
+      expect(await store.getPayment("p2")).to.deep.equal({ n: 2n });
+      // A delete in the same batch as the put wins.
+      expect(await store.getPayment("p3")).to.equal(undefined);
+    });
+
+    it("writes nothing of a batch that holds an invalid value, and consumes no seq", async () => {
+      await store.commit({ outboxAdd: [{ peer: "p", message: "first" }] });
+      const before = await (async () => {
+        await store.close();
+        const keys = await disk.keys();
+        await store.open();
+        return keys;
+      })();
+
+      const err = await rejection(
+        store.commit({
+          channels: [
+            { channelId: "good", record: channel("good", 1n) },
+            { channelId: "bad", record: { ...channel("bad", 1n), sign: () => "nope" } },
+          ],
+          payments: [{ paymentId: "pay", record: { n: 1n } }],
+          secrets: [{ secretHash: "h", secret: "s" }],
+          meta: [{ key: "m", value: 1 }],
+          outboxAdd: [
+            { peer: "p", message: "second" },
+            { peer: "q", message: "other" },
+          ],
+          outboxAck: [{ peer: "p", seq: 1n }],
+        }),
+      );
+      expect(err).to.be.instanceOf(EncodeError);
+      expect(err.message).to.match(/function at \$\.channels\[1\]\.record\.sign/);
+
+      const bytes = await rejection(store.commit({ outboxAdd: [{ peer: "p", message: { sig: new Uint8Array(65) } }] }));
+      expect(bytes.message).to.match(/hex-encode.*\$\.outboxAdd\[0\]\.message\.sig/);
+
+      expect(await store.getChannel("good")).to.equal(undefined);
+      expect(await store.getChannel("bad")).to.equal(undefined);
+      expect(await store.getPayment("pay")).to.equal(undefined);
+      expect(await store.getSecret("h")).to.equal(undefined);
+      expect(await store.getMeta("m")).to.equal(undefined);
+      expect(await store.listOutbox()).to.deep.equal([{ peer: "p", seq: 1n, message: "first" }]);
+      await store.close();
+      expect(await disk.keys()).to.deep.equal(before);
+      await store.open();
+
+      // The rejected batch took no seqs: the next message is 2, not 3.
+      expect((await store.commit({ outboxAdd: [{ peer: "p", message: "second" }] })).outboxSeqs).to.deep.equal([2n]);
+    });
+
+    it("a rejected commit does not disturb commits issued alongside it", async () => {
+      const results = await Promise.allSettled([
+        store.commit({ channels: [{ channelId: "x", record: 1n }], outboxAdd: [{ peer: "p", message: 1 }] }),
+        store.commit({ channels: [{ channelId: "y", record: Symbol("no") }], outboxAdd: [{ peer: "p", message: 2 }] }),
+        store.commit({ channels: [{ channelId: "z", record: 3n }], outboxAdd: [{ peer: "p", message: 3 }] }),
+      ]);
+      expect(results.map((r) => r.status)).to.deep.equal(["fulfilled", "rejected", "fulfilled"]);
+      expect(await store.listChannels()).to.deep.equal([1n, 3n]);
+      expect((await store.listOutbox("p")).map((e) => [e.seq, e.message])).to.deep.equal([
+        [1n, 1],
+        [2n, 3],
+      ]);
+    });
+
+    it("keeps outbox seqs monotonic across acks, close and reopen", async () => {
+      const first = await store.commit({ outboxAdd: [1, 2, 3].map((n) => ({ peer: "p", message: n })) });
+      expect(first.outboxSeqs).to.deep.equal([1n, 2n, 3n]);
+      await store.commit({ outboxAck: first.outboxSeqs.map((seq) => ({ peer: "p", seq })) });
+      expect(await store.listOutbox("p")).to.deep.equal([]);
+
+      // Same instance reopened, then a fresh instance over the same data.
+      await store.close();
+      await store.open();
+      expect((await store.commit({ outboxAdd: [{ peer: "p", message: 4 }] })).outboxSeqs).to.deep.equal([4n]);
+      await restart();
+      expect((await store.commit({ outboxAdd: [{ peer: "p", message: 5 }] })).outboxSeqs).to.deep.equal([5n]);
+      expect((await store.commit({ outboxAdd: [{ peer: "new", message: 1 }] })).outboxSeqs).to.deep.equal([1n]);
+      expect((await store.listOutbox("p")).map((e) => e.seq)).to.deep.equal([4n, 5n]);
+    });
+
+    it("acks only the given seq; acking an absent seq or in the adding batch works", async () => {
+      await store.commit({ outboxAdd: [1, 2, 3].map((n) => ({ peer: "p", message: n })) });
+      await store.commit({ outboxAck: [{ peer: "p", seq: 2n }, { peer: "p", seq: 77n }, { peer: "q", seq: 1n }] });
+      expect((await store.listOutbox("p")).map((e) => e.seq)).to.deep.equal([1n, 3n]);
+      const r = await store.commit({ outboxAdd: [{ peer: "p", message: 4 }], outboxAck: [{ peer: "p", seq: 4n }] });
+      expect(r.outboxSeqs).to.deep.equal([4n]);
+      expect((await store.listOutbox("p")).map((e) => e.seq)).to.deep.equal([1n, 3n]);
+      expect(await rejection(store.commit({ outboxAck: [{ peer: "p", seq: -1n }] }))).to.be.instanceOf(TypeError);
+    });
+
+    it("lists the outbox in numeric seq order per peer, past 0x10 and 0x100", async () => {
+      // Peers whose names contain the key separator and the escape char must stay apart.
+      const peers = ["a", "a!b", "a%21b", "b"];
+      const expected = new Map<string, bigint[]>(peers.map((p) => [p, []]));
+      for (let i = 0; i < 400; i++) {
+        const peer = peers[Math.max(0, (i % 10) - 6)]!;
+        const { outboxSeqs } = await store.commit({ outboxAdd: [{ peer, message: { i } }] });
+        expected.get(peer)!.push(outboxSeqs[0]!);
+      }
+      for (const peer of peers) {
+        const seqs = expected.get(peer)!;
+        expect(seqs).to.deep.equal(seqs.map((_, i) => BigInt(i + 1)));
+        const listed = await store.listOutbox<{ i: number }>(peer);
+        expect(listed.map((e) => e.peer)).to.deep.equal(seqs.map(() => peer));
+        expect(listed.map((e) => e.seq)).to.deep.equal(seqs);
+        const is = listed.map((e) => e.message.i);
+        expect(is).to.deep.equal([...is].sort((x, y) => x - y));
+      }
+      expect(expected.get("a")!.length).to.be.greaterThan(0x100);
+
+      const all = await store.listOutbox();
+      expect(all.length).to.equal(400);
+      for (const peer of peers) {
+        expect(all.filter((e) => e.peer === peer).map((e) => e.seq)).to.deep.equal(expected.get(peer));
+      }
+      // Grouped: each peer's entries are contiguous.
+      const runs = all.map((e) => e.peer).filter((p, i, xs) => i === 0 || xs[i - 1] !== p);
+      expect(new Set(runs).size).to.equal(runs.length);
+    });
+
+    it("makes 200 concurrent commits durable, with unique seqs in call order", async () => {
+      const N = 200;
+      const pending = Array.from({ length: N }, (_, i) =>
+        store.commit({
+          channels: [{ channelId: `ch${i}`, record: channel(`ch${i}`, BigInt(i)) }],
+          outboxAdd: [{ peer: `peer${i % 3}`, message: { i } }],
+        }),
+      );
+      const results = await Promise.all(pending);
+      // Issued in one tick, so they share a single write.
+      expect(store.stats).to.deep.equal({ commits: N, writes: 1 });
+
+      const seqsByPeer = new Map<string, bigint[]>();
+      results.forEach((r, i) => {
+        expect(r.outboxSeqs.length).to.equal(1);
+        const list = seqsByPeer.get(`peer${i % 3}`) ?? [];
+        list.push(r.outboxSeqs[0]!);
+        seqsByPeer.set(`peer${i % 3}`, list);
+      });
+      for (const seqs of seqsByPeer.values()) expect(seqs).to.deep.equal(seqs.map((_, i) => BigInt(i + 1)));
+
+      await restart();
+      const channels = await store.listChannels<ChannelRecord>();
+      expect(channels.length).to.equal(N);
+      for (let i = 0; i < N; i++) expect(await store.getChannel(`ch${i}`)).to.deep.equal(channel(`ch${i}`, BigInt(i)));
+      for (const [peer, seqs] of seqsByPeer) {
+        const listed = await store.listOutbox<{ i: number }>(peer);
+        expect(listed.map((e) => e.seq)).to.deep.equal(seqs);
+        expect(listed.map((e) => e.message.i % 3)).to.deep.equal(seqs.map(() => Number(peer.slice(4))));
+      }
+      // The counters were persisted with the coalesced writes.
+      expect((await store.commit({ outboxAdd: [{ peer: "peer0", message: null }] })).outboxSeqs).to.deep.equal([
+        BigInt(seqsByPeer.get("peer0")!.length + 1),
+      ]);
+    });
+
+    it("close waits for commits already accepted", async () => {
+      const pending = Array.from({ length: 50 }, (_, i) => store.commit({ meta: [{ key: `k${i}`, value: i }] }));
+      await store.close();
+      await Promise.all(pending);
+      await store.open();
+      expect(await store.getMeta("k49")).to.equal(49);
+    });
+
+    it("returns the same data from a new instance after close", async () => {
+      await store.commit({
+        channels: [{ channelId: "a", record: channel("a", 7n) }],
+        payments: [{ paymentId: "p", record: { n: 1n } }],
+        secrets: [{ secretHash: "h", secret: "s" }],
+        meta: [{ key: "m", value: [1n, "$2"] }],
+        outboxAdd: [{ peer: "x", message: "hello" }],
+      });
+      await restart();
+      expect(await store.getChannel("a")).to.deep.equal(channel("a", 7n));
+      expect(await store.getPayment("p")).to.deep.equal({ n: 1n });
+      expect(await store.getSecret("h")).to.equal("s");
+      expect(await store.getMeta("m")).to.deep.equal([1n, "$2"]);
+      expect(await store.listOutbox()).to.deep.equal([{ peer: "x", seq: 1n, message: "hello" }]);
+    });
+
+    it("keeps one key per channel however often it is written (O(1) in payments)", async () => {
+      for (let i = 0; i < 5000; i++) {
+        await store.commit({
+          channels: [{ channelId: "hot", record: channel("hot", BigInt(i)) }],
+          payments: [{ paymentId: `pay${i}`, record: { i } }],
+          deletePayments: i > 0 ? [`pay${i - 1}`] : [],
+        });
+      }
+      expect(store.stats.writes).to.equal(5000);
+      expect(await store.getChannel("hot")).to.deep.equal(channel("hot", 4999n));
+      await store.close();
+      const keys = await disk.keys();
+      expect(keys.filter((k) => k.startsWith("c!"))).to.deep.equal(["c!hot"]);
+      expect(keys).to.deep.equal(["c!hot", "p!pay4999"]);
+      await store.open();
+    });
+
+    it("rejects every call on a closed store with a clear error", async () => {
+      await store.close();
+      await store.close(); // idempotent
+      const calls: [string, () => Promise<unknown>][] = [
+        ["getChannel", () => store.getChannel("a")],
+        ["listChannels", () => store.listChannels()],
+        ["getPayment", () => store.getPayment("a")],
+        ["getSecret", () => store.getSecret("a")],
+        ["listOutbox", () => store.listOutbox()],
+        ["getMeta", () => store.getMeta("a")],
+        ["commit", () => store.commit({ meta: [{ key: "a", value: 1 }] })],
+      ];
+      for (const [what, call] of calls) {
+        const err = await rejection(call());
+        expect(err, what).to.be.instanceOf(StoreClosedError);
+        expect(err.message, what).to.match(/is not open: it is closed/);
+      }
+      const fresh = disk.store();
+      expect((await rejection(fresh.getChannel("a"))).message).to.match(/not open/);
+      await store.open();
+      expect((await rejection(store.open())).message).to.match(/already open/);
+    });
+
+    it("names the key of a value it cannot decode", async () => {
+      await store.commit({ channels: [{ channelId: "ok", record: 1n }] });
+      await store.close();
+      await disk.putRaw("c!broken", "{not json");
+      await disk.putRaw("p!pay", '"$12x"');
+      await disk.putRaw("s!h", "5");
+      await store.open();
+
+      const cases: [Promise<unknown>, string][] = [
+        [store.getChannel("broken"), "c!broken"],
+        [store.listChannels(), "c!broken"],
+        [store.getPayment("pay"), "p!pay"],
+        [store.getSecret("h"), "s!h"],
+      ];
+      for (const [call, key] of cases) {
+        const err = await rejection(call);
+        expect(err).to.be.instanceOf(CorruptValueError);
+        expect((err as CorruptValueError).key).to.equal(key);
+        expect(err.message).to.contain(`corrupt value at key "${key}"`);
+      }
+      expect(await store.getChannel("ok")).to.equal(1n);
+    });
+
+    it("refuses to open over a corrupt outbox counter", async () => {
+      await store.close();
+      await disk.putRaw("q!p", '"nope"');
+      const err = await rejection(store.open());
+      expect(err).to.be.instanceOf(CorruptValueError);
+      expect(err.message).to.contain('"q!p"');
+      await disk.putRaw("q!p", '"$9"');
+      await store.open();
+      expect((await store.commit({ outboxAdd: [{ peer: "p", message: 0 }] })).outboxSeqs).to.deep.equal([9n]);
+    });
+  });
+}
+
+storeSuite("LevelStore", levelDisk);
+storeSuite("MemoryStore", memoryDisk);
+
+describe("LevelStore specifics", () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "starling-store-"));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it("reports a clear error when the directory is locked by another open store", async () => {
+    const a = new LevelStore(dir);
+    await a.open();
+    try {
+      const err = await rejection(new LevelStore(dir).open());
+      expect(err.message).to.contain(dir).and.to.match(/cannot open/);
+    } finally {
+      await a.close();
+    }
+  });
+
+  it("writes with sync: true", async () => {
+    const store: Store = new LevelStore(dir, { sync: true });
+    await store.open();
+    const seqs = await Promise.all(Array.from({ length: 20 }, (_, i) => store.commit({ outboxAdd: [{ peer: "p", message: i }] })));
+    expect(seqs.map((r) => r.outboxSeqs[0])).to.deep.equal(seqs.map((_, i) => BigInt(i + 1)));
+    await store.close();
+    const again = new LevelStore(dir);
+    await again.open();
+    expect((await again.listOutbox()).length).to.equal(20);
+    await again.close();
+  });
+});
