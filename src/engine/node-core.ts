@@ -1,0 +1,507 @@
+/**
+ * One node's channels and transfers, in memory: applies an input, runs the channel and transfer
+ * machines against each other, and returns what changed (to persist), what to send, and what
+ * happened. No storage, network or chain here; a shell around it adds those.
+ *
+ * Each `handle` call is one atomic step: it runs to completion before the next input is looked
+ * at, so the inputs of every channel are applied strictly in order. A shell must make the step's
+ * `persist` durable before it sends `send` or acts on `events`/`chain`, and must do so in step
+ * order (a step's messages can depend on the previous step's, e.g. a Countersign and the next
+ * Propose of the same channel).
+ *
+ * Wiring:
+ *   channel `send`             -> Outbound to the partner
+ *   channel `updated`          -> transfer `channelUpdated`
+ *   channel `proposalDropped`  -> transfer `proposalDropped`
+ *   transfer `propose`         -> channel `propose` (refused -> transfer `proposalFailed`)
+ *   transfer `sendTransfer`    -> Outbound to the next hop towards the final recipient
+ * Messages addressed past this node are relayed (after the transfer layer has looked at them:
+ * a relayed SecretReveal teaches a mediator the secret).
+ */
+import {
+  DEFAULT_POLICY,
+  sameState,
+  transition,
+  type ChannelData,
+  type ChannelError,
+  type ChannelErrorCode,
+  type ChannelInput,
+  type ChannelMessage,
+  type Deps,
+  type PendingWithdraw,
+  type Policy,
+} from "../protocol/channel.js";
+import { normalizeAddress } from "../protocol/eip712.js";
+import {
+  DEFAULT_TRANSFER_POLICY,
+  incomingByPaymentId,
+  newTransferState,
+  partnerOf,
+  transferMessageProblem,
+  transferPolicyProblems,
+  transferTransition,
+  type IncomingPayment,
+  type OutgoingPayment,
+  type TransferContext,
+  type TransferEffect,
+  type TransferErrorCode,
+  type TransferInput,
+  type TransferMessage,
+  type TransferPolicy,
+  type TransferState,
+} from "../protocol/transfer.js";
+import type { Address, CooperativeCloseTerms, Hex } from "../protocol/types.js";
+import type { Signer, Verifier } from "../signer/types.js";
+
+// ------------------------------------------------------------------ wire
+
+/** What travels between two nodes. */
+export type Envelope =
+  | { kind: "channel"; message: ChannelMessage }
+  /** `origin` is informative only: a relayed message is not authenticated beyond its last hop. */
+  | { kind: "transfer"; origin: Address; to: Address; ttl: number; message: TransferMessage };
+
+/** A message for the peer `to` (the next hop, not necessarily the final recipient). */
+export interface Outbound {
+  to: Address;
+  envelope: Envelope;
+}
+
+// ------------------------------------------------------------------ inputs and outputs
+
+export type NodeInput =
+  /** Without `channelId`, the channel towards `target` (for a user: its only channel). */
+  | { type: "pay"; paymentId: Hex; target: Address; amount: bigint; secret: Hex; channelId?: Hex }
+  | { type: "issue"; paymentId: Hex; target: Address; amount: bigint; channelId?: Hex }
+  /** A message from the authenticated peer `from`. */
+  | { type: "deliver"; from: Address; envelope: Envelope }
+  /** Time passed: expire locks, register secrets, retry what is unanswered. */
+  | { type: "tick" }
+  /** Channel inputs that are not updates (funding seen on chain, withdraw, close). */
+  | { type: "channel"; channelId: Hex; input: Exclude<ChannelInput, { type: "propose" | "receive" }> };
+
+export type NodeEvent =
+  | Extract<TransferEffect, { type: "paymentSent" | "paymentReceived" | "paymentFailed" }>
+  | { type: "channelUpdated"; channelId: Hex; nonce: bigint }
+  | { type: "withdrawReady"; channelId: Hex; withdraw: PendingWithdraw }
+  | { type: "cooperativeCloseReady"; channelId: Hex; terms: CooperativeCloseTerms; sig1: Hex; sig2: Hex };
+
+/** Work for the chain client. */
+export type ChainAction = { type: "registerSecret"; secret: Hex; secretHash: Hex };
+
+export type EngineErrorCode = "UNKNOWN_CHANNEL" | "NOT_PARTNER" | "NO_ROUTE" | "TTL_EXCEEDED" | "BAD_INPUT";
+
+export interface NodeError {
+  code: EngineErrorCode | ChannelErrorCode | TransferErrorCode;
+  message: string;
+}
+
+/** Something refused along the way of a step (a peer's message, an undeliverable effect). */
+export interface Rejection {
+  during: string;
+  error: NodeError;
+}
+
+export interface StepResult {
+  /** Whether the input itself was accepted; if not, nothing changed. */
+  ok: boolean;
+  error: NodeError | null;
+  /** For pay and issue: the payment (the existing one if the id was seen before). */
+  payment: OutgoingPayment | null;
+  /** Write these before sending anything. */
+  persist: { channels: ChannelData[]; transfers: TransferState | null };
+  send: Outbound[];
+  events: NodeEvent[];
+  chain: ChainAction[];
+  rejected: Rejection[];
+}
+
+export interface NodeCoreOptions {
+  signer: Signer;
+  verifier: Verifier;
+  /** Unix seconds. */
+  clock: () => bigint;
+  channels?: Iterable<ChannelData>;
+  transfers?: TransferState;
+  channelPolicy?: Policy;
+  transferPolicy?: TransferPolicy;
+  /** For addresses that are not direct partners: the channel towards them (hub-to-hub). */
+  routes?: Iterable<readonly [Address, Hex]>;
+  /** Hops a relayed message may still take. */
+  maxHops?: number;
+}
+
+class Step {
+  readonly channels = new Set<Hex>();
+  /** Each channel's copy before the step first changed it, to roll back a step that throws. */
+  readonly before = new Map<Hex, ChannelData>();
+  transfersChanged = false;
+  payment: OutgoingPayment | null = null;
+  readonly send: Outbound[] = [];
+  readonly events: NodeEvent[] = [];
+  readonly chain: ChainAction[] = [];
+  readonly rejected: Rejection[] = [];
+  constructor(readonly now: bigint) {}
+}
+
+const lower = (h: Hex): Hex => h.toLowerCase() as Hex;
+const engineError = (code: EngineErrorCode, message: string): NodeError => ({ code, message });
+
+export class NodeCore {
+  readonly address: Address;
+  readonly #signer: Signer;
+  readonly #verifier: Verifier;
+  readonly #clock: () => bigint;
+  readonly #channelPolicy: Policy;
+  readonly #transferPolicy: TransferPolicy;
+  readonly #maxHops: number;
+  readonly #channels = new Map<Hex, ChannelData>();
+  /** Partner address -> channel id. */
+  readonly #byPartner = new Map<Address, Hex>();
+  readonly #routes = new Map<Address, Hex>();
+  /** When this node last sent the proposal now in flight, per channel (retries; not persisted). */
+  readonly #proposedAt = new Map<Hex, bigint>();
+  #transfers: TransferState;
+
+  constructor(opts: NodeCoreOptions) {
+    this.#signer = opts.signer;
+    this.#verifier = opts.verifier;
+    this.#clock = opts.clock;
+    this.address = normalizeAddress(opts.signer.address);
+    this.#channelPolicy = opts.channelPolicy ?? DEFAULT_POLICY;
+    this.#transferPolicy = opts.transferPolicy ?? DEFAULT_TRANSFER_POLICY;
+    const problems = transferPolicyProblems(this.#transferPolicy, this.#channelPolicy);
+    if (problems.length > 0) throw new Error(`NodeCore: inconsistent transfer policy: ${problems.join("; ")}`);
+    this.#maxHops = opts.maxHops ?? 8;
+    this.#transfers = opts.transfers ?? newTransferState();
+    for (const c of opts.channels ?? []) this.addChannel(c);
+    for (const [target, channelId] of opts.routes ?? []) this.setRoute(target, channelId);
+  }
+
+  // ---------------------------------------------------------------- setup and queries
+
+  /** Adds (or replaces, e.g. when restoring) this node's copy of a channel. */
+  addChannel(c: ChannelData): void {
+    const me = c.config.me === 1 ? c.config.participant1 : c.config.participant2;
+    if (normalizeAddress(me) !== this.address) throw new Error(`addChannel: this node is not side ${c.config.me} of ${c.config.channelId}`);
+    const id = lower(c.config.channelId);
+    this.#channels.set(id, c);
+    this.#byPartner.set(normalizeAddress(partnerOf(c)), id);
+  }
+
+  setRoute(target: Address, channelId: Hex): void {
+    this.#routes.set(normalizeAddress(target), lower(channelId));
+  }
+
+  channel(channelId: Hex): ChannelData | undefined {
+    return this.#channels.get(lower(channelId));
+  }
+
+  channels(): ChannelData[] {
+    return [...this.#channels.values()];
+  }
+
+  channelWith(partner: Address): ChannelData | undefined {
+    const id = this.#byPartner.get(normalizeAddress(partner));
+    return id === undefined ? undefined : this.#channels.get(id);
+  }
+
+  get transfers(): TransferState {
+    return this.#transfers;
+  }
+
+  payment(paymentId: Hex): OutgoingPayment | undefined {
+    return this.#transfers.payments.get(lower(paymentId));
+  }
+
+  incoming(paymentId: Hex): IncomingPayment[] {
+    return incomingByPaymentId(this.#transfers, paymentId);
+  }
+
+  // ---------------------------------------------------------------- the step
+
+  handle(input: NodeInput): StepResult {
+    const step = new Step(this.#clock());
+    const transfersBefore = this.#transfers;
+    let error: NodeError | null;
+    try {
+      error = this.#dispatch(step, input);
+    } catch (err) {
+      // Malformed peer input can make the hashing code throw: undo the whole step, report it.
+      for (const [id, c] of step.before) this.#channels.set(id, c);
+      this.#transfers = transfersBefore;
+      if (input.type !== "deliver") throw err;
+      const failed = new Step(step.now);
+      return this.#result(failed, engineError("BAD_INPUT", `malformed message: ${err instanceof Error ? err.message : String(err)}`));
+    }
+    return this.#result(step, error);
+  }
+
+  #result(step: Step, error: NodeError | null): StepResult {
+    const persist = {
+      channels: [...step.channels].map((id) => this.#channels.get(id)).filter((c): c is ChannelData => c !== undefined),
+      transfers: step.transfersChanged ? this.#transfers : null,
+    };
+    return {
+      ok: error === null,
+      error,
+      payment: step.payment,
+      persist,
+      send: step.send,
+      events: step.events,
+      chain: step.chain,
+      rejected: step.rejected,
+    };
+  }
+
+  #dispatch(step: Step, input: NodeInput): NodeError | null {
+    switch (input.type) {
+      case "pay":
+      case "issue": {
+        const channelId = input.channelId ?? this.#channelTowards(input.target);
+        if (channelId === null) return engineError("NO_ROUTE", `no channel towards ${input.target}`);
+        const t: TransferInput =
+          input.type === "pay"
+            ? { type: "pay", paymentId: input.paymentId, target: input.target, amount: input.amount, channelId, secret: input.secret }
+            : { type: "issue", paymentId: input.paymentId, target: input.target, amount: input.amount, channelId };
+        return this.#transfer(step, t, true);
+      }
+      case "deliver":
+        return this.#deliver(step, input.from, input.envelope);
+      case "tick":
+        this.#tick(step);
+        return null;
+      case "channel":
+        return this.#channel(step, input.channelId, input.input);
+    }
+  }
+
+  #deps(now: bigint): Deps {
+    return { signer: this.#signer, verifier: this.#verifier, now, policy: this.#channelPolicy };
+  }
+
+  #context(now: bigint): TransferContext {
+    return {
+      now,
+      signer: this.#signer,
+      verifier: this.#verifier,
+      policy: this.#transferPolicy,
+      channelPolicy: this.#channelPolicy,
+      channel: (id) => this.#channels.get(lower(id)),
+      routeFor: (target) => this.#lockRoute(target),
+    };
+  }
+
+  // ---------------------------------------------------------------- channel side
+
+  #channel(step: Step, channelId: Hex, input: ChannelInput): NodeError | null {
+    const c = this.#channels.get(lower(channelId));
+    if (!c) return engineError("UNKNOWN_CHANNEL", `no channel ${channelId}`);
+    return this.#applyChannel(step, c, input);
+  }
+
+  #applyChannel(step: Step, c: ChannelData, input: ChannelInput): ChannelError | null {
+    const id = lower(c.config.channelId);
+    const r = transition(c, input, this.#deps(step.now));
+    if (!r.ok) return r.error;
+    if (r.channel !== c) {
+      if (!step.before.has(id)) step.before.set(id, c);
+      this.#channels.set(id, r.channel);
+      step.channels.add(id);
+    }
+    const partner = partnerOf(c);
+    // Messages first: a transfer reaction below may propose again, and the partner must see this
+    // step's Countersign before that next Propose.
+    for (const e of r.effects) {
+      switch (e.type) {
+        case "send":
+          step.send.push({ to: partner, envelope: { kind: "channel", message: e.message } });
+          if (e.message.type === "Propose") this.#proposedAt.set(id, step.now);
+          break;
+        case "withdrawReady":
+          step.events.push({ type: "withdrawReady", channelId: id, withdraw: e.withdraw });
+          break;
+        case "cooperativeCloseReady":
+          step.events.push({ type: "cooperativeCloseReady", channelId: id, terms: e.terms, sig1: e.sig1, sig2: e.sig2 });
+          break;
+        default:
+          break;
+      }
+    }
+    for (const e of r.effects) {
+      if (e.type === "updated") {
+        step.events.push({ type: "channelUpdated", channelId: id, nonce: e.nonce });
+        this.#transfer(step, { type: "channelUpdated", channelId: id, nonce: e.nonce, byMe: e.proposer === c.config.me, ops: e.ops });
+      } else if (e.type === "proposalDropped") {
+        this.#transfer(step, { type: "proposalDropped", channelId: id, ops: e.ops });
+      }
+    }
+    return null;
+  }
+
+  // ---------------------------------------------------------------- transfer side
+
+  #transfer(step: Step, input: TransferInput, primary = false): NodeError | null {
+    const r = transferTransition(this.#transfers, input, this.#context(step.now));
+    if (!r.ok) {
+      if (!primary) step.rejected.push({ during: `transfer ${input.type}`, error: r.error });
+      return r.error;
+    }
+    if (r.state !== this.#transfers) {
+      this.#transfers = r.state;
+      step.transfersChanged = true;
+    }
+    if (primary && r.payment) step.payment = r.payment;
+    for (const e of r.effects) this.#transferEffect(step, e);
+    return null;
+  }
+
+  #transferEffect(step: Step, e: TransferEffect): void {
+    switch (e.type) {
+      case "propose": {
+        const c = this.#channels.get(lower(e.channelId));
+        const error: ChannelError | null = c
+          ? this.#applyChannel(step, c, { type: "propose", ops: e.ops })
+          : { code: "NOT_OPEN", message: `no channel ${e.channelId}` };
+        if (error) this.#transfer(step, { type: "proposalFailed", channelId: e.channelId, ops: e.ops, error });
+        return;
+      }
+      case "sendTransfer": {
+        const to = normalizeAddress(e.to);
+        const hop = this.#nextHop(to);
+        if (hop === null) {
+          step.rejected.push({ during: `send ${e.message.type}`, error: engineError("NO_ROUTE", `no route to ${to}`) });
+          return;
+        }
+        step.send.push({ to: hop, envelope: { kind: "transfer", origin: this.address, to, ttl: this.#maxHops, message: e.message } });
+        return;
+      }
+      case "registerSecret":
+        step.chain.push({ type: "registerSecret", secret: e.secret, secretHash: e.secretHash });
+        return;
+      case "paymentSent":
+      case "paymentReceived":
+      case "paymentFailed":
+        step.events.push(e);
+        return;
+    }
+  }
+
+  // ---------------------------------------------------------------- peers
+
+  #deliver(step: Step, fromRaw: Address, envelope: Envelope): NodeError | null {
+    let from: Address;
+    try {
+      from = normalizeAddress(fromRaw);
+    } catch {
+      return engineError("BAD_INPUT", "sender is not an address");
+    }
+    if (envelope.kind === "channel") {
+      const m = envelope.message;
+      const id = lower(m.channelId);
+      const c = this.#channels.get(id);
+      if (!c) return engineError("UNKNOWN_CHANNEL", `no channel ${m.channelId}`);
+      // A peer speaks only for channels it is part of.
+      if (normalizeAddress(partnerOf(c)) !== from) return engineError("NOT_PARTNER", `${from} is not the partner in ${id}`);
+      if (this.#answerRepeat(step, c, m)) return null;
+      return this.#applyChannel(step, c, { type: "receive", message: m });
+    }
+    let to: Address;
+    try {
+      to = normalizeAddress(envelope.to);
+    } catch {
+      return engineError("BAD_INPUT", "recipient is not an address");
+    }
+    if (to === this.address) {
+      return this.#transfer(step, { type: "receive", from, to, message: envelope.message }, true);
+    }
+    const problem = transferMessageProblem(envelope.message);
+    if (problem) return engineError("BAD_INPUT", problem);
+    if (!(envelope.ttl > 1)) return engineError("TTL_EXCEEDED", `message for ${to} has travelled too far`);
+    const hop = this.#nextHop(to);
+    if (hop === null || hop === from) return engineError("NO_ROUTE", `no route to ${to}`);
+    this.#transfer(step, { type: "receive", from, to, message: envelope.message });
+    step.send.push({ to: hop, envelope: { ...envelope, to, ttl: envelope.ttl - 1 } });
+    return null;
+  }
+
+  /**
+   * A repeated Propose for the state this node already countersigned means the Countersign was
+   * lost: send it again instead of refusing a stale nonce.
+   */
+  #answerRepeat(step: Step, c: ChannelData, m: ChannelMessage): boolean {
+    if (m.type !== "Propose") return false;
+    const latest = c.latest;
+    if (m.state.nonce !== latest.state.nonce || !sameState(m.state, latest.state)) return false;
+    const mine = c.config.me === 1 ? latest.sig1 : latest.sig2;
+    if (!mine || mine.revokedBelow < latest.state.nonce) return false;
+    const message: ChannelMessage = { type: "Countersign", channelId: c.config.channelId, nonce: latest.state.nonce, signature: mine };
+    step.send.push({ to: partnerOf(c), envelope: { kind: "channel", message } });
+    return true;
+  }
+
+  // ---------------------------------------------------------------- time
+
+  #tick(step: Step): void {
+    const retry = this.#transferPolicy.retrySeconds;
+    for (const [id, before] of this.#channels) {
+      const err = this.#channel(step, id, { type: "tick" });
+      if (err) step.rejected.push({ during: "channel tick", error: err });
+      const c = this.#channels.get(id) ?? before;
+      if (c.status !== "open") continue;
+      const inflight = c.inflight;
+      if (inflight) {
+        // Unanswered: the proposal or its countersignature may have been lost.
+        const sentAt = this.#proposedAt.get(id);
+        if (sentAt === undefined || step.now >= sentAt + retry) {
+          const signature = c.config.me === 1 ? inflight.next.sig1 : inflight.next.sig2;
+          if (signature) {
+            this.#proposedAt.set(id, step.now);
+            const { state } = inflight.next;
+            const message: ChannelMessage = { type: "Propose", channelId: c.config.channelId, state, ops: inflight.ops, signature };
+            step.send.push({ to: partnerOf(c), envelope: { kind: "channel", message } });
+          }
+        }
+      } else if (c.latest.state.nonce > c.myRevokedBelow) {
+        // Idle: the revocation that would ride on the next proposal goes out on its own.
+        const rerr = this.#channel(step, id, { type: "revoke" });
+        if (rerr) step.rejected.push({ during: "revoke", error: rerr });
+      }
+    }
+    this.#transfer(step, { type: "tick" });
+  }
+
+  // ---------------------------------------------------------------- routing
+
+  #openChannelId(id: Hex | undefined): Hex | null {
+    if (id === undefined) return null;
+    const c = this.#channels.get(id);
+    return c && c.status === "open" ? id : null;
+  }
+
+  /** Where a lock for `target` is forwarded: the channel with it, or a configured route. */
+  #lockRoute(targetRaw: Address): Hex | null {
+    const target = normalizeAddress(targetRaw);
+    return this.#openChannelId(this.#byPartner.get(target)) ?? this.#openChannelId(this.#routes.get(target));
+  }
+
+  /** The channel a payment to `target` starts in: as a lock would be routed, else the only channel. */
+  #channelTowards(target: Address): Hex | null {
+    let route: Hex | null;
+    try {
+      route = this.#lockRoute(target);
+    } catch {
+      return null;
+    }
+    if (route !== null) return route;
+    return this.#channels.size === 1 ? ([...this.#channels.keys()][0] ?? null) : null;
+  }
+
+  /** The peer to hand a message for `to` to. */
+  #nextHop(to: Address): Address | null {
+    if (this.#byPartner.has(to)) return to;
+    const id = this.#routes.get(to) ?? (this.#channels.size === 1 ? [...this.#channels.keys()][0] : undefined);
+    const c = id === undefined ? undefined : this.#channels.get(id);
+    return c ? normalizeAddress(partnerOf(c)) : null;
+  }
+}

@@ -1,0 +1,441 @@
+import { expect } from "chai";
+import { randomBytes } from "node:crypto";
+import { LocalNetwork, openLocalChannel, type Wire } from "../src/engine/local-network.js";
+import { NodeCore } from "../src/engine/node-core.js";
+import { capacity, sameState, share, type ChannelData, type ChannelMessage } from "../src/protocol/channel.js";
+import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
+import { signSecretRequest, type SecretRequest, type SecretReveal } from "../src/protocol/transfer.js";
+import type { Address, Domain, Hex } from "../src/protocol/types.js";
+import { loadBackend, type Secp256k1Backend, type Signer } from "../src/signer/index.js";
+
+const DOMAIN: Domain = { chainId: 31337n, verifyingContract: `0x${"11".repeat(20)}` };
+const DEPOSIT = 1_000n;
+
+let backend: Secp256k1Backend;
+
+before(async () => {
+  backend = await loadBackend("noble");
+});
+
+const rand32 = (): Hex => bytesToHex(randomBytes(32));
+
+/** Seeded (mulberry32) so a failing interleaving can be replayed. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+class World {
+  readonly net = new LocalNetwork();
+  readonly signers = new Map<Address, Signer>();
+  #next = 1;
+
+  node(): NodeCore {
+    const key = new Uint8Array(32).fill(this.#next++);
+    const signer = backend.createSigner(key);
+    this.signers.set(signer.address, signer);
+    return this.net.add(new NodeCore({ signer, verifier: backend.verifier, clock: this.net.clock }));
+  }
+
+  open(a: NodeCore, b: NodeCore, depositA = DEPOSIT, depositB = DEPOSIT): Hex {
+    return openLocalChannel({ domain: DOMAIN, a, b, depositA, depositB }).channelId;
+  }
+
+  pay(from: NodeCore, to: NodeCore, amount: bigint, paymentId: Hex = rand32(), secret: Hex = rand32()) {
+    return this.net.submit(from.address, { type: "pay", paymentId, target: to.address, amount, secret });
+  }
+}
+
+function mine(node: NodeCore, channelId: Hex): bigint {
+  const c = node.channel(channelId)!;
+  return share(c.funding, c.latest.state, c.config.me);
+}
+
+function conserved(c: ChannelData): boolean {
+  const s = c.latest.state;
+  return share(c.funding, s, 1) + share(c.funding, s, 2) + s.locked1 + s.locked2 === capacity(c.funding);
+}
+
+/** Both copies hold the same fully signed state, nothing in flight, and the funds add up. */
+function expectAgreement(a: NodeCore, b: NodeCore, channelId: Hex): void {
+  const ca = a.channel(channelId)!;
+  const cb = b.channel(channelId)!;
+  expect(sameState(ca.latest.state, cb.latest.state), "same latest state").to.equal(true);
+  expect(ca.latest.sig1?.signature).to.equal(cb.latest.sig1?.signature);
+  expect(ca.latest.sig2?.signature).to.equal(cb.latest.sig2?.signature);
+  expect(ca.inflight).to.equal(null);
+  expect(cb.inflight).to.equal(null);
+  expect(conserved(ca)).to.equal(true);
+  expect(conserved(cb)).to.equal(true);
+}
+
+function expectNoLocks(...copies: ChannelData[]): void {
+  for (const c of copies) {
+    expect(c.latest.locks).to.deep.equal([]);
+    expect(c.latest.state.locked1 + c.latest.state.locked2).to.equal(0n);
+  }
+}
+
+function expectIdle(...nodes: NodeCore[]): void {
+  for (const n of nodes) {
+    expect(n.transfers.sent.size, "sent locks").to.equal(0);
+    expect(n.transfers.received.size, "received locks").to.equal(0);
+    expect(n.transfers.queues.size, "queued ops").to.equal(0);
+  }
+}
+
+const isChannelMessage = (w: Wire, type: string): boolean => w.envelope.kind === "channel" && w.envelope.message.type === type;
+const isTransferMessage = (w: Wire, type: string): boolean => w.envelope.kind === "transfer" && w.envelope.message.type === type;
+
+describe("transfers A -> hub -> B", function () {
+  it("completes: all copies agree, statuses final, no locks, nonces advanced", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    const hb = w.open(hub, b);
+    const paymentId = rand32();
+    const r = w.pay(a, b, 100n, paymentId);
+    expect(r.ok, JSON.stringify(r.error)).to.equal(true);
+    expect(r.payment?.status).to.equal("pending");
+    w.net.run();
+
+    expect(a.payment(paymentId)?.status).to.equal("completed");
+    const incoming = b.incoming(paymentId);
+    expect(incoming).to.have.length(1);
+    expect(incoming[0]!.status).to.equal("received");
+    expect(incoming[0]!.initiator).to.equal(a.address);
+    expect(w.net.events.get(a.address)!.some((e) => e.type === "paymentSent")).to.equal(true);
+    expect(w.net.events.get(b.address)!.some((e) => e.type === "paymentReceived")).to.equal(true);
+
+    expectAgreement(a, hub, ah);
+    expectAgreement(hub, b, hb);
+    expectNoLocks(a.channel(ah)!, hub.channel(ah)!, hub.channel(hb)!, b.channel(hb)!);
+    expect(mine(a, ah)).to.equal(DEPOSIT - 100n);
+    expect(mine(hub, ah)).to.equal(DEPOSIT + 100n);
+    expect(mine(hub, hb)).to.equal(DEPOSIT - 100n);
+    expect(mine(b, hb)).to.equal(DEPOSIT + 100n);
+    // A lock and an unlock on each channel.
+    expect(a.channel(ah)!.latest.state.nonce).to.equal(2n);
+    expect(b.channel(hb)!.latest.state.nonce).to.equal(2n);
+    expectIdle(a, hub, b);
+    expect(w.net.rejected).to.deep.equal([]);
+  });
+
+  it("a lost countersignature is recovered by re-sending the proposal", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    const hb = w.open(hub, b);
+    let lost = false;
+    w.net.dropIf = (wire) => {
+      if (!lost && wire.to === a.address && isChannelMessage(wire, "Countersign")) return (lost = true);
+      return false;
+    };
+    const paymentId = rand32();
+    w.pay(a, b, 10n, paymentId);
+    w.net.run();
+    expect(lost).to.equal(true);
+    // The hub holds the lock fully signed and forwards it; A only has its proposal in flight.
+    expect(a.channel(ah)!.inflight).to.not.equal(null);
+    // Retries go out every 10 s: A's proposal, then the hub's unlock, which A could not take
+    // while its own proposal was unanswered.
+    for (let round = 0; round < 2; round++) {
+      w.net.advance(15n);
+      w.net.tickAll();
+      w.net.run();
+    }
+    expect(a.payment(paymentId)?.status).to.equal("completed");
+    expectAgreement(a, hub, ah);
+    expectAgreement(hub, b, hb);
+  });
+
+  it("rejects bad payments and changes nothing", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    w.open(hub, b);
+    const before = a.transfers;
+    const tooMuch = w.pay(a, b, DEPOSIT + 1n);
+    expect(tooMuch.ok).to.equal(false);
+    expect(tooMuch.error?.code).to.equal("INSUFFICIENT_BALANCE");
+    expect(tooMuch.send).to.deep.equal([]);
+    expect(tooMuch.persist.transfers).to.equal(null);
+    expect(w.pay(a, a, 1n).error?.code).to.equal("SELF_PAYMENT");
+    expect(w.pay(a, b, 0n).error?.code).to.equal("BAD_INPUT");
+    const secret = rand32();
+    expect(w.pay(a, b, 1n, rand32(), secret).ok).to.equal(true);
+    expect(w.pay(a, b, 1n, rand32(), secret).error?.code).to.equal("DUPLICATE_SECRET");
+    expect(before.payments.size).to.equal(0);
+  });
+
+  it("refuses malformed peer messages without changing anything", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    w.open(hub, b);
+    const before = a.channel(ah);
+    const garbage = {
+      type: "Propose",
+      channelId: ah,
+      state: { channelId: ah, nonce: 1n, sent1: "lots", sent2: 0n, locked1: 0n, locked2: 0n, locksRoot: "0x" },
+      ops: [{ type: "pay", amount: 1n, paymentId: rand32() }],
+      signature: { revokedBelow: 0n, signature: "0x00" },
+    } as unknown as ChannelMessage;
+    const r = a.handle({ type: "deliver", from: hub.address, envelope: { kind: "channel", message: garbage } });
+    expect(r.ok).to.equal(false);
+    expect(r.send).to.deep.equal([]);
+    expect(a.channel(ah)).to.equal(before);
+    const noId = a.handle({ type: "deliver", from: hub.address, envelope: { kind: "channel", message: { ...garbage, channelId: 42 } as unknown as ChannelMessage } });
+    expect(noId.error?.code).to.equal("BAD_INPUT");
+    expect(a.channel(ah)).to.equal(before);
+
+    const stranger = w.node();
+    const notPartner = a.handle({ type: "deliver", from: stranger.address, envelope: { kind: "channel", message: garbage } });
+    expect(notPartner.error?.code).to.equal("NOT_PARTNER");
+
+    const badRelay = hub.handle({
+      type: "deliver",
+      from: a.address,
+      envelope: { kind: "transfer", origin: a.address, to: b.address, ttl: 8, message: { type: "SecretReveal", paymentId: rand32(), secret: "0x12" } as SecretReveal },
+    });
+    expect(badRelay.error?.code).to.equal("BAD_INPUT");
+    expect(badRelay.send).to.deep.equal([]);
+  });
+});
+
+describe("issuance and payment ids", function () {
+  it("hub -> user issuance is a plain update; the same id issues once", () => {
+    const w = new World();
+    const [a, hub] = [w.node(), w.node()];
+    const ah = w.open(a, hub, 0n, DEPOSIT);
+    const paymentId = rand32();
+    const first = w.net.submit(hub.address, { type: "issue", paymentId, target: a.address, amount: 250n });
+    expect(first.ok, JSON.stringify(first.error)).to.equal(true);
+    const again = w.net.submit(hub.address, { type: "issue", paymentId, target: a.address, amount: 250n });
+    expect(again.ok).to.equal(true);
+    expect(again.send).to.deep.equal([]);
+    expect(again.payment?.paymentId).to.equal(paymentId);
+    w.net.run();
+    const later = w.net.submit(hub.address, { type: "issue", paymentId, target: a.address, amount: 250n });
+    expect(later.send).to.deep.equal([]);
+    expect(later.payment?.status).to.equal("completed");
+    const conflicting = w.net.submit(hub.address, { type: "issue", paymentId, target: a.address, amount: 251n });
+    expect(conflicting.error?.code).to.equal("PAYMENT_ID_CONFLICT");
+    w.net.run();
+
+    expect(hub.payment(paymentId)?.status).to.equal("completed");
+    expect(a.incoming(paymentId).map((p) => [p.status, p.amount])).to.deep.equal([["received", 250n]]);
+    expect(mine(a, ah)).to.equal(250n);
+    expect(a.channel(ah)!.latest.state.nonce).to.equal(1n);
+    expectAgreement(a, hub, ah);
+    expect(w.net.events.get(a.address)!.filter((e) => e.type === "paymentReceived")).to.have.length(1);
+  });
+
+  it("paying twice with one id pays once, even with a fresh secret", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    const hb = w.open(hub, b);
+    const paymentId = rand32();
+    expect(w.pay(a, b, 70n, paymentId).ok).to.equal(true);
+    const again = w.pay(a, b, 70n, paymentId);
+    expect(again.ok).to.equal(true);
+    expect(again.send).to.deep.equal([]);
+    w.net.run();
+    const afterwards = w.pay(a, b, 70n, paymentId);
+    expect(afterwards.payment?.status).to.equal("completed");
+    expect(afterwards.send).to.deep.equal([]);
+    expect(w.pay(a, b, 71n, paymentId).error?.code).to.equal("PAYMENT_ID_CONFLICT");
+    w.net.run();
+    expect(mine(a, ah)).to.equal(DEPOSIT - 70n);
+    expect(mine(b, hb)).to.equal(DEPOSIT + 70n);
+    expect(b.incoming(paymentId)).to.have.length(1);
+  });
+});
+
+describe("expiry and refunds", function () {
+  it("B offline: after the lock expires A is refunded and the payment fails", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    const hb = w.open(hub, b);
+    w.net.dropIf = (wire) => wire.to === b.address;
+    const paymentId = rand32();
+    w.pay(a, b, 100n, paymentId);
+    w.net.run();
+    expect(a.payment(paymentId)?.status).to.equal("pending");
+    expect(a.channel(ah)!.latest.locks).to.have.length(1);
+    expect(hub.channel(ah)!.latest.locks).to.have.length(1);
+
+    // Not yet: the lock is still live at its expiry second.
+    w.net.advance(600n);
+    w.net.tickAll();
+    w.net.run();
+    expect(a.payment(paymentId)?.status).to.equal("pending");
+
+    w.net.advance(1n);
+    w.net.tickAll();
+    w.net.run();
+    const p = a.payment(paymentId)!;
+    expect(p.status).to.equal("failed");
+    expect(w.net.events.get(a.address)!.some((e) => e.type === "paymentFailed")).to.equal(true);
+    expectAgreement(a, hub, ah);
+    expectNoLocks(a.channel(ah)!, hub.channel(ah)!);
+    expect(mine(a, ah)).to.equal(DEPOSIT);
+    expect(mine(hub, ah)).to.equal(DEPOSIT);
+    expect(a.channel(ah)!.latest.state.nonce).to.equal(2n);
+    expect(hub.transfers.received.size).to.equal(0);
+    // B never signed anything: its copy is untouched and no lock of the hub's is signed there.
+    expect(b.channel(hb)!.latest.state.nonce).to.equal(0n);
+    expect(hub.channel(hb)!.latest.locks).to.deep.equal([]);
+  });
+
+  it("the hub cannot forge the target's SecretRequest", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    w.open(hub, b);
+    // B's own request never reaches A.
+    w.net.dropIf = (wire) => isTransferMessage(wire, "SecretRequest");
+    const paymentId = rand32();
+    const secret = rand32();
+    w.pay(a, b, 100n, paymentId, secret);
+    w.net.run();
+    const incoming = b.incoming(paymentId)[0]!;
+    expect(incoming.status).to.equal("pending");
+    w.net.dropIf = null;
+
+    const fields = { paymentId, secretHash: secretHash(secret), amount: 100n, expiry: incoming.expiry! };
+    const forged: SecretRequest = signSecretRequest(fields, w.signers.get(hub.address)!);
+    const refused = a.handle({ type: "deliver", from: hub.address, envelope: { kind: "transfer", origin: b.address, to: a.address, ttl: 8, message: forged } });
+    expect(refused.ok).to.equal(false);
+    expect(refused.error?.code).to.equal("NOT_FROM_TARGET");
+    expect(refused.send).to.deep.equal([]);
+    expect(refused.persist.transfers).to.equal(null);
+
+    // The same request signed by B is answered, and the payment goes through.
+    const genuine = signSecretRequest(fields, w.signers.get(b.address)!);
+    const answered = w.net.submit(a.address, { type: "deliver", from: hub.address, envelope: { kind: "transfer", origin: b.address, to: a.address, ttl: 8, message: genuine } });
+    expect(answered.ok).to.equal(true);
+    expect(answered.send.map((o) => o.envelope.message.type)).to.deep.equal(["SecretReveal"]);
+    w.net.run();
+    expect(a.payment(paymentId)?.status).to.equal("completed");
+    expect(b.incoming(paymentId)[0]!.status).to.equal("received");
+  });
+
+  it("danger zone: the hub registers a secret once when the payer does not take the unlock", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    w.open(hub, b);
+    // A goes silent for the hub's proposals (the unlock), but still answers the secret request.
+    w.net.dropIf = (wire) => wire.to === a.address && isChannelMessage(wire, "Propose");
+    const paymentId = rand32();
+    const secret = rand32();
+    w.pay(a, b, 100n, paymentId, secret);
+    w.net.run();
+    expect(b.incoming(paymentId)[0]!.status).to.equal("received");
+    expect(hub.channel(ah)!.latest.locks).to.have.length(1);
+    const expiry = a.payment(paymentId)!.expiry!;
+
+    w.net.now = expiry - 61n;
+    w.net.tick(hub.address);
+    expect(w.net.chain.get(hub.address)).to.deep.equal([]);
+
+    w.net.now = expiry - 60n;
+    w.net.tick(hub.address);
+    w.net.advance(5n);
+    w.net.tick(hub.address);
+    w.net.run();
+    w.net.advance(20n);
+    w.net.tick(hub.address);
+    expect(w.net.chain.get(hub.address)).to.deep.equal([{ type: "registerSecret", secret, secretHash: secretHash(secret) }]);
+  });
+});
+
+describe("multi-hop and load", function () {
+  it("A -> H1 -> H2 -> B completes, each hop's lock expiring earlier", () => {
+    const w = new World();
+    const [a, h1, h2, b] = [w.node(), w.node(), w.node(), w.node()];
+    const a1 = w.open(a, h1);
+    const hh = w.open(h1, h2);
+    const h2b = w.open(h2, b);
+    h1.setRoute(b.address, hh);
+    h2.setRoute(a.address, hh);
+    const paymentId = rand32();
+    w.pay(a, b, 40n, paymentId);
+    w.net.run();
+
+    const sent = a.payment(paymentId)!;
+    expect(sent.status).to.equal("completed");
+    const got = b.incoming(paymentId)[0]!;
+    expect(got.status).to.equal("received");
+    expect(got.expiry).to.equal(sent.expiry! - 2n * 120n);
+    expectAgreement(a, h1, a1);
+    expectAgreement(h1, h2, hh);
+    expectAgreement(h2, b, h2b);
+    expect(mine(a, a1)).to.equal(DEPOSIT - 40n);
+    expect(mine(h1, hh)).to.equal(DEPOSIT - 40n);
+    expect(mine(h2, hh)).to.equal(DEPOSIT + 40n);
+    expect(mine(b, h2b)).to.equal(DEPOSIT + 40n);
+    expectIdle(a, h1, h2, b);
+    expect(w.net.rejected).to.deep.equal([]);
+  });
+
+  it("many concurrent payments in both directions all complete, batched, and the funds add up", function () {
+    this.timeout(120_000);
+    const w = new World();
+    const hub = w.node();
+    const users = [w.node(), w.node(), w.node()];
+    const deposit = 100_000n;
+    const channels = users.map((u) => w.open(u, hub, deposit, deposit));
+    const random = rng(7);
+    const perDirection = 50;
+    const net = new Map<Address, bigint>(users.map((u) => [u.address, 0n]));
+    const ids: { from: NodeCore; to: NodeCore; paymentId: Hex }[] = [];
+    for (let k = 0; k < perDirection; k++) {
+      for (const from of users) {
+        for (const to of users) {
+          if (from === to) continue;
+          const amount = BigInt(1 + Math.floor(random() * 20));
+          const paymentId = rand32();
+          const r = w.pay(from, to, amount, paymentId);
+          expect(r.ok, JSON.stringify(r.error)).to.equal(true);
+          ids.push({ from, to, paymentId });
+          net.set(from.address, net.get(from.address)! - amount);
+          net.set(to.address, net.get(to.address)! + amount);
+        }
+      }
+      // Let some traffic through between submissions, in a random interleaving.
+      for (let i = 0; i < 5; i++) w.net.step(random);
+    }
+    w.net.run({ random });
+    w.net.advance(1n);
+    w.net.tickAll();
+    w.net.run({ random });
+
+    for (const { from, to, paymentId } of ids) {
+      expect(from.payment(paymentId)?.status, "sender status").to.equal("completed");
+      expect(to.incoming(paymentId).map((p) => p.status)).to.deep.equal(["received"]);
+    }
+    users.forEach((u, i) => {
+      const id = channels[i]!;
+      expectAgreement(u, hub, id);
+      expectNoLocks(u.channel(id)!, hub.channel(id)!);
+      expect(mine(u, id)).to.equal(deposit + net.get(u.address)!);
+      // 200 payments touch each channel (100 out, 100 in), each needing a lock and an unlock.
+      expect(u.channel(id)!.latest.state.nonce < 100n, "updates were batched").to.equal(true);
+    });
+    const hubTotal = channels.reduce((sum, id) => sum + mine(hub, id), 0n);
+    expect(hubTotal).to.equal(3n * deposit);
+    expectIdle(hub, ...users);
+    // Crossing proposals are expected and resolved; nothing else may be refused.
+    expect(w.net.rejected.filter((r) => r.error.code !== "CONFLICT")).to.deep.equal([]);
+  });
+});
