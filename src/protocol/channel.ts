@@ -191,6 +191,7 @@ export type ChannelErrorCode =
   | "BAD_AMOUNT"
   | "INSUFFICIENT_BALANCE"
   | "LOCK_EXPIRY_OUT_OF_BOUNDS"
+  | "BAD_SECRET_HASH"
   | "DUPLICATE_SECRET_HASH"
   | "TOO_MANY_LOCKS"
   | "UNKNOWN_LOCK"
@@ -341,6 +342,10 @@ export function applyOps(c: ChannelData, ops: readonly Op[], proposer: Side, dep
         if (op.amount <= 0n) return bad("BAD_AMOUNT", `lock amount must be positive, got ${op.amount}`);
         if (op.amount > spendable) {
           return bad("INSUFFICIENT_BALANCE", `lock of ${op.amount} exceeds the available ${spendable}`);
+        }
+        // One spelling per hash, the one unlock computes: otherwise a lock could never be unlocked.
+        if (typeof op.secretHash !== "string" || !/^0x[0-9a-f]{64}$/.test(op.secretHash)) {
+          return bad("BAD_SECRET_HASH", "a secret hash is 32 bytes of lowercase hex");
         }
         if (op.expiry < now + policy.minLockSeconds || op.expiry > now + policy.maxLockSeconds) {
           return bad(
@@ -745,6 +750,10 @@ function requestCooperativeClose(c: ChannelData, deps: Deps): Transition {
 }
 
 function receiveCloseRequest(c: ChannelData, m: Extract<ChannelMessage, { type: "CloseRequest" }>, deps: Deps): Transition {
+  // Both sides asked at once: the partner's request confirms this node's own.
+  if (c.status === "closing" && c.closeTerms && (!c.closeTerms.sig1 || !c.closeTerms.sig2)) {
+    return receiveCloseConfirm(c, { ...m, type: "CloseConfirm" }, deps);
+  }
   const blocked = closeBlocker(c);
   if (blocked) return blocked;
   const terms = closeTermsOf(c);

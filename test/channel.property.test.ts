@@ -1,0 +1,655 @@
+/**
+ * Property tests of the channel state machine: two parties exchange generated updates over
+ * queues that reorder, duplicate and lose messages (a lost message is sent again later), with
+ * forged messages injected, a clock that jumps, withdrawals executed on chain and restarts from
+ * the store. After every step the safety invariants must hold.
+ */
+import { expect } from "chai";
+import fc from "fast-check";
+import {
+  applyOps,
+  available,
+  capacity,
+  other,
+  share,
+  type ChannelData,
+  type ChannelMessage,
+  type Funding,
+  type Op,
+  type PendingWithdraw,
+  type Policy,
+  type Side,
+  type Transition,
+} from "../src/protocol/channel.js";
+import {
+  bytesToHex,
+  channelId as makeChannelId,
+  cooperativeCloseDigestBytes,
+  hashState,
+  hexToBytes,
+  locksRoot,
+  withdrawDigestBytes,
+  type ChannelState,
+  type Hex,
+} from "../src/protocol/eip712.js";
+import {
+  DOMAIN,
+  TwoParty,
+  decodeJson,
+  encodeJson,
+  isUpdateSignatureBy,
+  makePair,
+  signUpdateAs,
+  testSecret,
+  type Delivery,
+  type Pair,
+} from "./helpers/two-party.js";
+
+const T0 = 1_700_000_000n;
+const DEPOSIT = 1_000_000n;
+const POLICY: Policy = {
+  minLockSeconds: 30n,
+  maxLockSeconds: 3600n,
+  maxLocks: 6,
+  maxWithdrawSeconds: 600n,
+  withdrawExpiryMargin: 60n,
+};
+const NUM_RUNS = Number(process.env.STARLING_PROPERTY_RUNS ?? 300);
+
+// ------------------------------------------------------------------ commands
+
+type OpSpec =
+  | { t: "pay"; permille: number }
+  | { t: "lock"; permille: number; expiresIn: number; secret: number }
+  | { t: "unlock"; pick: number; wrong: boolean }
+  | { t: "expire"; pick: number };
+
+const FORGERIES = ["mallory", "randomBytes", "wrongNonce", "tampered", "otherSignature", "countersign", "revoke", "withdraw", "wrongChannel"] as const;
+type Forgery = (typeof FORGERIES)[number];
+
+type Cmd =
+  /** `ofShare`: amounts are a fraction of the share, ignoring pending withdrawals (to test them). */
+  | { k: "propose"; side: Side; ops: OpSpec[]; ofShare: boolean }
+  | { k: "deliver"; to: Side }
+  | { k: "deliverAt"; to: Side; index: number }
+  | { k: "duplicate"; to: Side; index: number }
+  | { k: "drop"; to: Side }
+  | { k: "forge"; to: Side; kind: Forgery; bytes: Uint8Array; pick: number }
+  | { k: "advance"; seconds: number }
+  | { k: "withdraw"; side: Side; permille: number; expiresIn: number }
+  | { k: "executeWithdraw"; side: Side; pick: number }
+  | { k: "deposit"; side: Side; amount: number }
+  | { k: "revoke"; side: Side }
+  | { k: "restart"; side: Side }
+  | { k: "drain" };
+
+const side = fc.constantFrom<Side>(1, 2);
+const pick = fc.nat({ max: 1000 });
+
+const opSpec: fc.Arbitrary<OpSpec> = fc.oneof(
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      t: fc.constant("pay" as const),
+      // Sometimes more than is left, or nothing.
+      permille: fc.oneof(
+        { weight: 8, arbitrary: fc.integer({ min: 1, max: 300 }) },
+        { weight: 1, arbitrary: fc.integer({ min: 900, max: 1300 }) },
+        { weight: 1, arbitrary: fc.constant(0) },
+      ),
+    }),
+  },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      t: fc.constant("lock" as const),
+      permille: fc.integer({ min: 0, max: 300 }),
+      // Mostly inside the policy's bounds with room for delivery, sometimes outside them.
+      expiresIn: fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 60, max: 3000 }) }, { weight: 1, arbitrary: fc.integer({ min: -10, max: 5000 }) }),
+      secret: fc.nat({ max: 24 }),
+    }),
+  },
+  { weight: 2, arbitrary: fc.record({ t: fc.constant("unlock" as const), pick, wrong: fc.nat({ max: 9 }).map((n) => n === 0) }) },
+  { weight: 2, arbitrary: fc.record({ t: fc.constant("expire" as const), pick }) },
+);
+
+const command: fc.Arbitrary<Cmd> = fc.oneof(
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      k: fc.constant("propose" as const),
+      side,
+      ops: fc.array(opSpec, { minLength: 1, maxLength: 3 }),
+      ofShare: fc.nat({ max: 9 }).map((n) => n === 0),
+    }),
+  },
+  { weight: 14, arbitrary: fc.record({ k: fc.constant("deliver" as const), to: side }) },
+  { weight: 2, arbitrary: fc.record({ k: fc.constant("deliverAt" as const), to: side, index: pick }) },
+  { weight: 2, arbitrary: fc.record({ k: fc.constant("duplicate" as const), to: side, index: pick }) },
+  { weight: 2, arbitrary: fc.record({ k: fc.constant("drop" as const), to: side }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      k: fc.constant("forge" as const),
+      to: side,
+      kind: fc.constantFrom(...FORGERIES),
+      bytes: fc.uint8Array({ minLength: 65, maxLength: 65 }),
+      pick,
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      k: fc.constant("advance" as const),
+      seconds: fc.oneof(
+        { weight: 4, arbitrary: fc.integer({ min: 1, max: 30 }) },
+        { weight: 2, arbitrary: fc.integer({ min: 30, max: 700 }) },
+        { weight: 1, arbitrary: fc.integer({ min: 700, max: 4000 }) },
+      ),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      k: fc.constant("withdraw" as const),
+      side,
+      permille: fc.integer({ min: 0, max: 1100 }),
+      expiresIn: fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 30, max: 300 }) }, { weight: 1, arbitrary: fc.integer({ min: -5, max: 700 }) }),
+    }),
+  },
+  { weight: 2, arbitrary: fc.record({ k: fc.constant("executeWithdraw" as const), side, pick }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant("deposit" as const), side, amount: fc.integer({ min: 1, max: 500_000 }) }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant("revoke" as const), side }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant("restart" as const), side }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant("drain" as const) }) },
+);
+
+// ------------------------------------------------------------------ the model run
+
+interface Stats {
+  updates: number;
+  conflicts: number;
+  forgedRejected: number;
+  withdrawsExecuted: number;
+  restarts: number;
+  drainsChecked: number;
+  duplicatesDelivered: number;
+  maxNonce: bigint;
+  closes: number;
+  codes: Record<string, number>;
+}
+
+const PID = (n: number): Hex => `0x${n.toString(16).padStart(64, "0")}`;
+
+/** Counts outcomes by kind, printed with STARLING_PROPERTY_STATS=1. */
+function tally(stats: Stats, key: string): void {
+  stats.codes[key] = (stats.codes[key] ?? 0) + 1;
+}
+
+class Run {
+  readonly sim: TwoParty;
+  readonly chain: Funding;
+  readonly prevNonce: Record<Side, bigint> = { 1: 0n, 2: 0n };
+  private readonly signedWithdraws = new Map<string, PendingWithdraw>();
+  private payments = 0;
+
+  constructor(
+    readonly pair: Pair,
+    readonly stats: Stats,
+  ) {
+    this.sim = new TwoParty(pair, T0);
+    this.chain = { ...pair.funding };
+    this.sim.onDelivery = (d) => this.afterDelivery(d);
+  }
+
+  private afterDelivery(d: Delivery): void {
+    const { result, envelope, to, before } = d;
+    this.collectSigned();
+    tally(this.stats, `${envelope.message.type}:${result.ok ? "ok" : result.error.code}`);
+    if (!result.ok) return;
+    if (envelope.message.type === "Propose") {
+      // A countersigner's definite share never goes down (the contract pays the non-closer early).
+      const after = result.channel;
+      expect(share(after.funding, after.latest.state, to) >= share(before.funding, before.latest.state, to), "countersigner's share went down").to.equal(
+        true,
+      );
+    }
+    for (const e of result.effects) {
+      if (e.type === "updated") this.stats.updates++;
+      if (e.type === "proposalDropped") {
+        this.stats.conflicts++;
+        // The engine proposes the dropped operations again on top of the winner.
+        this.sim.apply(to, { type: "propose", ops: e.ops });
+      }
+    }
+  }
+
+  exec(cmd: Cmd): void {
+    const sim = this.sim;
+    switch (cmd.k) {
+      case "propose": {
+        const c = sim.channels[cmd.side];
+        const budget = { left: cmd.ofShare ? share(c.funding, c.latest.state, cmd.side) : available(c, cmd.side) };
+        const ops = cmd.ops.map((spec) => this.op(cmd.side, spec, budget));
+        const r = sim.apply(cmd.side, { type: "propose", ops });
+        tally(this.stats, `propose:${r.ok ? "ok" : r.error.code}`);
+        break;
+      }
+      case "deliver":
+        sim.deliver(cmd.to, 0);
+        break;
+      case "deliverAt":
+        sim.deliver(cmd.to, cmd.index);
+        break;
+      case "duplicate":
+        if (sim.deliver(cmd.to, cmd.index, true)) this.stats.duplicatesDelivered++;
+        break;
+      case "drop":
+        sim.drop(cmd.to);
+        break;
+      case "forge":
+        this.forge(cmd.to, cmd.kind, cmd.bytes, cmd.pick);
+        break;
+      case "advance":
+        sim.now += BigInt(cmd.seconds);
+        for (const s of [1, 2] as const) expect(sim.apply(s, { type: "tick" }).ok).to.equal(true);
+        break;
+      case "withdraw": {
+        const c = sim.channels[cmd.side];
+        const free = minBig(available(c, cmd.side), available(c, cmd.side, c.inflight?.next.state ?? c.latest.state));
+        const amount = (free * BigInt(cmd.permille)) / 1000n;
+        sim.apply(cmd.side, { type: "requestWithdraw", amount, expiry: sim.now + BigInt(cmd.expiresIn) });
+        break;
+      }
+      case "executeWithdraw":
+        this.executeWithdraw(cmd.side, cmd.pick);
+        break;
+      case "deposit": {
+        if (cmd.side === 1) this.chain.deposit1 += BigInt(cmd.amount);
+        else this.chain.deposit2 += BigInt(cmd.amount);
+        for (const s of [1, 2] as const) expect(sim.apply(s, { type: "fundingChanged", funding: { ...this.chain } }).ok).to.equal(true);
+        break;
+      }
+      case "revoke":
+        expect(sim.apply(cmd.side, { type: "revoke" }).ok).to.equal(true);
+        break;
+      case "restart": {
+        const before = sim.channels[cmd.side];
+        const text = encodeJson(before);
+        const copy = decodeJson(text) as ChannelData;
+        expect(copy).to.deep.equal(before);
+        expect(encodeJson(copy)).to.equal(text);
+        sim.restart(cmd.side);
+        this.stats.restarts++;
+        break;
+      }
+      case "drain":
+        this.drainAndCheck();
+        break;
+    }
+  }
+
+  /**
+   * Turns a generated operation into one against `side`'s current view; amounts are fractions of
+   * what is left of `budget` in the batch. Mostly valid: an unlock or expire with no lock to apply
+   * to becomes a small payment, except for one in ten, kept to exercise the refusals.
+   */
+  private op(side: Side, spec: OpSpec, budget: { left: bigint }): Op {
+    const c = this.sim.channels[side];
+    const now = this.sim.now;
+    const locks = c.latest.locks;
+    const keepInvalid = spec.t !== "pay" && spec.t !== "lock" && spec.pick % 10 === 0;
+    switch (spec.t) {
+      case "pay":
+      case "lock": {
+        const amount = budget.left > 0n ? (budget.left * BigInt(spec.permille)) / 1000n : BigInt(spec.permille % 3) - 1n;
+        if (amount > 0n) budget.left -= amount;
+        const paymentId = PID(++this.payments);
+        if (spec.t === "pay") return { type: "pay", amount, paymentId };
+        const secret = testSecret(spec.secret);
+        this.sim.secrets.set(secret.hash, secret.secret);
+        return { type: "lock", amount, expiry: now + BigInt(spec.expiresIn), secretHash: secret.hash, paymentId };
+      }
+      case "unlock": {
+        const pool = keepInvalid ? locks : locks.filter((l) => l.sender !== side && l.expiry >= now);
+        const lock = pool[spec.pick % Math.max(pool.length, 1)];
+        const known = lock ? this.sim.secrets.get(lock.secretHash) : undefined;
+        if (keepInvalid || spec.wrong) return { type: "unlock", secret: known && !spec.wrong ? known : testSecret(1000 + spec.pick).secret };
+        if (!known) return this.op(side, { t: "pay", permille: spec.pick % 100 }, budget);
+        return { type: "unlock", secret: known };
+      }
+      case "expire": {
+        const pool = keepInvalid ? locks : locks.filter((l) => l.sender === side && l.expiry < now);
+        const lock = pool[spec.pick % Math.max(pool.length, 1)];
+        if (!lock && !keepInvalid) return this.op(side, { t: "pay", permille: spec.pick % 100 }, budget);
+        if (lock && lock.sender === side) budget.left += lock.amount;
+        return { type: "expire", secretHash: lock ? lock.secretHash : testSecret(1000 + spec.pick).hash };
+      }
+    }
+  }
+
+  /** Every withdrawal either side ever held with both signatures: the chain executes any of them. */
+  private collectSigned(): void {
+    for (const x of [1, 2] as const) {
+      for (const w of this.sim.channels[x].withdraws) {
+        if (!w.sig1 || !w.sig2) continue;
+        const key = encodeJson(w.request);
+        if (!this.signedWithdraws.has(key)) this.signedWithdraws.set(key, w);
+      }
+    }
+  }
+
+  private executeWithdraw(side: Side, n: number): void {
+    this.collectSigned();
+    const f = this.chain;
+    const onChain = side === 1 ? f.withdrawn1 : f.withdrawn2;
+    const candidates = [...this.signedWithdraws.values()].filter(
+      (w) => w.side === side && this.sim.now <= w.request.expiry && w.request.totalWithdraw > onChain,
+    );
+    const w = candidates[n % Math.max(candidates.length, 1)];
+    if (!w || !w.sig1 || !w.sig2) return;
+    const listed = this.sim.channels[side].withdraws.some((x) => encodeJson(x.request) === encodeJson(w.request));
+    tally(this.stats, listed ? "execute:pending" : "execute:released");
+    // What the contract checks: both signatures, expiry, a growing total, funds.
+    const digest = withdrawDigestBytes(DOMAIN, w.request);
+    const verifier = this.pair.backend.verifier;
+    expect(verifier.recoverAddress(digest, hexToBytes(w.sig1))).to.equal(this.pair.configs[1].participant1);
+    expect(verifier.recoverAddress(digest, hexToBytes(w.sig2))).to.equal(this.pair.configs[1].participant2);
+    const withdrawn1 = side === 1 ? w.request.totalWithdraw : f.withdrawn1;
+    const withdrawn2 = side === 2 ? w.request.totalWithdraw : f.withdrawn2;
+    expect(withdrawn1 + withdrawn2 <= f.deposit1 + f.deposit2 + f.credit, "withdrawals exceed the channel").to.equal(true);
+    f.withdrawn1 = withdrawn1;
+    f.withdrawn2 = withdrawn2;
+    for (const s of [1, 2] as const) expect(this.sim.apply(s, { type: "fundingChanged", funding: { ...f } }).ok).to.equal(true);
+    this.stats.withdrawsExecuted++;
+  }
+
+  // ---------------------------------------------------------------- forgeries
+
+  private forge(to: Side, kind: Forgery, bytes: Uint8Array, n: number): void {
+    const sim = this.sim;
+    const from = other(to);
+    const c = sim.channels[to];
+    const id = this.pair.channelId;
+    const latest = c.latest.state;
+    const next = this.validNext(c, from);
+    const random = bytesToHex(bytes);
+    let message: ChannelMessage | null = null;
+    switch (kind) {
+      case "mallory":
+        message = { type: "Propose", channelId: id, ...next, signature: signUpdateAs(this.pair.mallory, id, next.state, latest.nonce) };
+        break;
+      case "randomBytes":
+        message = { type: "Propose", channelId: id, ...next, signature: { revokedBelow: latest.nonce, signature: random } };
+        break;
+      case "wrongNonce": {
+        const nonce = n % 2 === 0 ? latest.nonce + 2n + BigInt(n % 7) : latest.nonce;
+        const state = { ...next.state, nonce };
+        message = { type: "Propose", channelId: id, state, ops: next.ops, signature: signUpdateAs(this.pair.mallory, id, state, 0n) };
+        break;
+      }
+      case "tampered": {
+        // A genuine proposal by the partner with one field of its state changed.
+        const genuine = [...sim.inbox[to]].reverse().find((e) => e.message.type === "Propose")?.message;
+        const base =
+          genuine?.type === "Propose"
+            ? genuine
+            : { type: "Propose" as const, channelId: id, ...next, signature: signUpdateAs(this.pair.mallory, id, next.state, 0n) };
+        const fields: (keyof ChannelState)[] = ["sent1", "sent2", "locked1", "locked2"];
+        const field = fields[n % fields.length]!;
+        const state: ChannelState =
+          n % 5 === 4 ? { ...base.state, locksRoot: bytesToHex(bytes.subarray(0, 32)) } : { ...base.state, [field]: (base.state[field] as bigint) + 1n };
+        message = { ...base, state };
+        break;
+      }
+      case "otherSignature": {
+        // The partner's real signature, on some other state.
+        const sigs = sim.emitted[from];
+        const sig = sigs[n % Math.max(sigs.length, 1)];
+        if (!sig || sig.stateHash === hashState(next.state)) return;
+        message = { type: "Propose", channelId: id, ...next, signature: { revokedBelow: sig.revokedBelow, signature: sig.signature } };
+        break;
+      }
+      case "countersign": {
+        const target = c.inflight?.next.state ?? next.state;
+        const signature = n % 2 === 0 ? { revokedBelow: target.nonce, signature: random } : signUpdateAs(this.pair.mallory, id, target, target.nonce);
+        message = { type: "Countersign", channelId: id, nonce: target.nonce, signature };
+        break;
+      }
+      case "revoke": {
+        const signature =
+          n % 2 === 0
+            ? { revokedBelow: latest.nonce + BigInt(n % 3), signature: random }
+            : signUpdateAs(this.pair.mallory, id, latest, latest.nonce + 5n);
+        message = { type: "Revoke", channelId: id, nonce: latest.nonce, signature };
+        break;
+      }
+      case "withdraw": {
+        const mine = c.withdraws.find((w) => w.side === to);
+        const participant = from === 1 ? this.pair.configs[1].participant1 : this.pair.configs[1].participant2;
+        const request = mine && n % 2 === 0 ? mine.request : { channelId: id, participant, totalWithdraw: 1n + BigInt(n), expiry: sim.now + 60n };
+        const signature = bytesToHex(this.pair.mallory.signDigest(withdrawDigestBytes(DOMAIN, request)));
+        message =
+          mine && n % 2 === 0
+            ? { type: "WithdrawConfirm", channelId: id, request, signature }
+            : { type: "WithdrawRequest", channelId: id, request, signature };
+        break;
+      }
+      case "wrongChannel": {
+        const queued = sim.inbox[to];
+        const copy = queued[n % Math.max(queued.length, 1)]?.message;
+        if (!copy) return;
+        const { participant1, participant2 } = this.pair.configs[1];
+        const otherId = makeChannelId(DOMAIN.chainId, DOMAIN.verifyingContract, participant1, participant2, 2 + (n % 5));
+        message = { ...copy, channelId: otherId };
+        break;
+      }
+    }
+    const before = encodeJson(c);
+    const result: Transition = sim.apply(to, { type: "receive", message });
+    if (result.ok) {
+      expect(encodeJson(result.channel), `forged ${kind} changed the channel`).to.equal(before);
+      expect(result.effects, `forged ${kind} had effects`).to.deep.equal([]);
+    } else {
+      this.stats.forgedRejected++;
+      if (kind === "wrongChannel") expect(result.error.code).to.equal("WRONG_CHANNEL");
+    }
+    expect(encodeJson(sim.channels[to])).to.equal(before);
+  }
+
+  /** A next state `from` could propose to `to`'s view, by applying a small payment (or nothing). */
+  private validNext(c: ChannelData, from: Side): { state: ChannelState; ops: Op[] } {
+    const ops: Op[] = [{ type: "pay", amount: 1n, paymentId: PID(0) }];
+    const applied = applyOps(c, ops, from, this.sim.pair.deps(c.config.me, this.sim.now));
+    if (applied.ok) return { state: applied.state, ops };
+    return { state: { ...c.latest.state, nonce: c.latest.state.nonce + 1n }, ops };
+  }
+
+  // ---------------------------------------------------------------- invariants
+
+  check(): void {
+    this.collectSigned();
+    const sim = this.sim;
+    const backend = this.pair.backend;
+    const id = this.pair.channelId;
+    const addr: Record<Side, Hex> = { 1: this.pair.configs[1].participant1, 2: this.pair.configs[1].participant2 };
+    for (const x of [1, 2] as const) {
+      const p = other(x);
+      const c = sim.channels[x];
+      const l = c.latest;
+      const s = l.state;
+      // Nonces never decrease; the newest state is fully signed.
+      expect(s.nonce >= this.prevNonce[x], `side ${x} nonce went down`).to.equal(true);
+      this.prevNonce[x] = s.nonce;
+      if (s.nonce > this.stats.maxNonce) this.stats.maxNonce = s.nonce;
+      if (s.nonce > 0n) {
+        const h = hashState(s);
+        expect(l.sig1 && isUpdateSignatureBy(backend, id, h, l.sig1, addr[1]), `side ${x}: sig1 of latest`).to.equal(true);
+        expect(l.sig2 && isUpdateSignatureBy(backend, id, h, l.sig2, addr[2]), `side ${x}: sig2 of latest`).to.equal(true);
+      }
+      // Locks match the state.
+      expect(s.locksRoot).to.equal(locksRoot(l.locks));
+      expect(s.locked1).to.equal(sum(l.locks.filter((k) => k.sender === 1).map((k) => k.amount)));
+      expect(s.locked2).to.equal(sum(l.locks.filter((k) => k.sender === 2).map((k) => k.amount)));
+      expect(l.locks.every((k) => k.amount > 0n)).to.equal(true);
+      // Conservation, and no share ever below what is pending out of it.
+      for (const state of c.inflight ? [s, c.inflight.next.state] : [s]) {
+        const s1 = share(c.funding, state, 1);
+        const s2 = share(c.funding, state, 2);
+        expect(s1 + s2 + state.locked1 + state.locked2).to.equal(capacity(c.funding));
+        for (const side of [1, 2] as const) {
+          expect(available(c, side, state) >= 0n, `side ${x}'s view: side ${side} available ${available(c, side, state)}`).to.equal(true);
+        }
+      }
+      if (c.inflight) {
+        expect(c.inflight.next.state.nonce).to.equal(s.nonce + 1n);
+        const mine = x === 1 ? c.inflight.next.sig1 : c.inflight.next.sig2;
+        expect(mine && isUpdateSignatureBy(backend, id, hashState(c.inflight.next.state), mine, addr[x])).to.equal(true);
+      }
+      // An honest party is never penalisable: whatever it has signed (and the partner may hold)
+      // revokes nothing at or above its own newest fully signed state.
+      expect(sim.deliveredRevocation[x] <= s.nonce, `side ${p} holds side ${x}'s revocation of its latest ${s.nonce}`).to.equal(true);
+      expect(sim.emittedRevocation[x] <= s.nonce, `side ${x} signed a revocation of its latest ${s.nonce}`).to.equal(true);
+      expect(c.myRevokedBelow <= s.nonce).to.equal(true);
+      // What the partner keeps as this side's strongest revocation is a valid signature by it.
+      const rev = sim.channels[p].partnerRevocation;
+      if (rev) {
+        expect(isUpdateSignatureBy(backend, id, rev.stateHash, rev, addr[x]), `side ${p}'s partnerRevocation`).to.equal(true);
+        expect(rev.revokedBelow <= sim.deliveredRevocation[x]).to.equal(true);
+      }
+      // If this side closes with its latest, a newer state the partner holds never lowers the
+      // partner's share (the contract refuses such an update and would have paid it already).
+      const pl = sim.channels[p].latest.state;
+      if (pl.nonce > s.nonce) {
+        expect(pl.nonce).to.equal(s.nonce + 1n);
+        expect(share(c.funding, pl, p) >= share(c.funding, s, p), "partner's newer state lowers its share").to.equal(true);
+      }
+    }
+    if (sim.inbox[1].length === 0 && sim.inbox[2].length === 0) this.checkAgreement();
+  }
+
+  /**
+   * Cooperative close at the end of a run, asked by one side or by both at once: whatever
+   * completes pays exactly the newest state's shares, signed by both.
+   */
+  closeAndCheck(who: "1" | "2" | "both"): void {
+    const sim = this.sim;
+    const askers: Side[] = who === "both" ? [1, 2] : [who === "1" ? 1 : 2];
+    const asked = askers.filter((x) => sim.apply(x, { type: "requestCooperativeClose" }).ok);
+    sim.drain();
+    this.check();
+    const verifier = this.pair.backend.verifier;
+    for (const x of [1, 2] as const) {
+      const c = sim.channels[x];
+      const t = c.closeTerms;
+      if (!t || !t.sig1 || !t.sig2) continue;
+      this.stats.closes++;
+      expect(c.status).to.equal("closing");
+      expect(c.latest.locks).to.deep.equal([]);
+      expect(t.terms).to.deep.equal({
+        channelId: this.pair.channelId,
+        balance1: share(c.funding, c.latest.state, 1),
+        balance2: share(c.funding, c.latest.state, 2),
+      });
+      expect(t.terms.balance1 + t.terms.balance2).to.equal(capacity(c.funding));
+      const digest = cooperativeCloseDigestBytes(DOMAIN, t.terms);
+      expect(verifier.recoverAddress(digest, hexToBytes(t.sig1))).to.equal(this.pair.configs[1].participant1);
+      expect(verifier.recoverAddress(digest, hexToBytes(t.sig2))).to.equal(this.pair.configs[1].participant2);
+      expect(hashState(sim.channels[other(x)].latest.state)).to.equal(hashState(c.latest.state));
+    }
+    // Both asked at once, and neither had a reason to refuse: both end up with the signed terms.
+    if (asked.length === 2) {
+      for (const x of [1, 2] as const) {
+        const t = sim.channels[x].closeTerms;
+        expect(t !== null && t.sig1 !== null && t.sig2 !== null, `side ${x} has both close signatures`).to.equal(true);
+      }
+    }
+  }
+
+  drainAndCheck(): void {
+    this.sim.drain();
+    this.check();
+    this.checkAgreement();
+    this.stats.drainsChecked++;
+  }
+
+  /** With nothing in flight, both hold the same newest state, or one is a single update behind. */
+  private checkAgreement(): void {
+    const a = this.sim.channels[1];
+    const b = this.sim.channels[2];
+    const na = a.latest.state.nonce;
+    const nb = b.latest.state.nonce;
+    if (na === nb) {
+      expect(hashState(a.latest.state)).to.equal(hashState(b.latest.state));
+      expect(a.latest.locks).to.deep.equal(b.latest.locks);
+      return;
+    }
+    const [ahead, behind] = na > nb ? [a, b] : [b, a];
+    expect(ahead.latest.state.nonce - behind.latest.state.nonce).to.equal(1n);
+    expect(behind.inflight && hashState(behind.inflight.next.state)).to.equal(hashState(ahead.latest.state));
+  }
+}
+
+function minBig(a: bigint, b: bigint): bigint {
+  return a < b ? a : b;
+}
+
+function sum(xs: bigint[]): bigint {
+  return xs.reduce((acc, x) => acc + x, 0n);
+}
+
+// ------------------------------------------------------------------ the property
+
+describe("channel state machine properties", function () {
+  this.timeout(120_000);
+  let pair: Pair;
+
+  before(async function () {
+    pair = await makePair({ deposit1: DEPOSIT, deposit2: DEPOSIT, policy: POLICY });
+  });
+
+  it("keeps every safety invariant under reordering, loss, duplication, forgery, time and restarts", function () {
+    const stats: Stats = {
+      updates: 0,
+      conflicts: 0,
+      forgedRejected: 0,
+      withdrawsExecuted: 0,
+      restarts: 0,
+      drainsChecked: 0,
+      duplicatesDelivered: 0,
+      maxNonce: 0n,
+      closes: 0,
+      codes: {},
+    };
+    fc.assert(
+      fc.property(fc.array(command, { minLength: 1, maxLength: 60, size: "max" }), fc.constantFrom("1", "2", "both"), (cmds, closer) => {
+        const run = new Run(pair, stats);
+        try {
+          for (const cmd of cmds) {
+            run.exec(cmd);
+            run.check();
+          }
+          run.drainAndCheck();
+          run.closeAndCheck(closer);
+          // A proposal the partner refused for good (e.g. its lock expiry passed in transit) stays.
+          for (const x of [1, 2] as const) if (run.sim.channels[x].inflight) tally(stats, `end:inflight:${x}`);
+        } catch (err) {
+          const tail = run.sim.log.slice(-12).join("\n  ");
+          if (err instanceof Error) err.message += `\n  last deliveries:\n  ${tail}`;
+          throw err;
+        }
+      }),
+      { numRuns: NUM_RUNS },
+    );
+    if (process.env.STARLING_PROPERTY_STATS) console.log("    ", stats);
+    // The generator must actually exercise the protocol, not only its error paths.
+    if (NUM_RUNS >= 100) {
+      expect(stats.updates).to.be.greaterThan(NUM_RUNS * 2);
+      expect(stats.conflicts).to.be.greaterThan(0);
+      expect(stats.withdrawsExecuted).to.be.greaterThan(0);
+      expect(stats.forgedRejected).to.be.greaterThan(NUM_RUNS / 2);
+      expect(stats.restarts).to.be.greaterThan(0);
+      expect(stats.closes).to.be.greaterThan(0);
+    }
+  });
+});

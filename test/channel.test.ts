@@ -1,0 +1,936 @@
+/**
+ * Unit tests of every transition of the channel state machine (src/protocol/channel.ts), with two
+ * parties holding real keys. Every rejection must come back as a typed error and leave the
+ * channel exactly as it was.
+ */
+import { expect } from "chai";
+import {
+  available,
+  balances,
+  capacity,
+  disputeKit,
+  share,
+  transition,
+  type ChannelData,
+  type ChannelEffect,
+  type ChannelErrorCode,
+  type ChannelInput,
+  type ChannelMessage,
+  type Funding,
+  type Op,
+  type Side,
+  type StateSignature,
+} from "../src/protocol/channel.js";
+import {
+  ZERO_HASH,
+  bytesToHex,
+  channelId as makeChannelId,
+  cooperativeCloseDigestBytes,
+  hashState,
+  hexToBytes,
+  locksRoot,
+  withdrawDigestBytes,
+  type ChannelState,
+  type Hex,
+  type WithdrawRequest,
+} from "../src/protocol/eip712.js";
+import { DOMAIN, isUpdateSignatureBy, makePair, restored, signUpdateAs, testSecret, type Pair } from "./helpers/two-party.js";
+
+const T0 = 1_700_000_000n;
+const HOUR = 3600n;
+const PID = (n: number): Hex => `0x${n.toString(16).padStart(64, "0")}`;
+
+let pair: Pair;
+
+// ------------------------------------------------------------------ driving helpers
+
+type Ok = { channel: ChannelData; effects: ChannelEffect[] };
+
+function run(c: ChannelData, input: ChannelInput, now = T0, p: Pair = pair) {
+  const snapshot = structuredClone(c);
+  const result = transition(c, input, p.deps(c.config.me, now));
+  expect(c, "the input channel is never mutated").to.deep.equal(snapshot);
+  return result;
+}
+
+function ok(c: ChannelData, input: ChannelInput, now = T0, p: Pair = pair): Ok {
+  const result = run(c, input, now, p);
+  if (!result.ok) expect.fail(`${input.type} failed: ${result.error.code} ${result.error.message}`);
+  return result;
+}
+
+/** Asserts a typed rejection, and that the channel is deep-equal to what it was. */
+function rejected(c: ChannelData, input: ChannelInput, code: ChannelErrorCode, now = T0, p: Pair = pair): void {
+  const before = structuredClone(c);
+  const result = run(c, input, now, p);
+  if (result.ok) expect.fail(`${input.type} was accepted, expected ${code}`);
+  expect(result.error.code).to.equal(code);
+  expect(result.error.message).to.be.a("string").and.not.empty;
+  expect(c).to.deep.equal(before);
+}
+
+const receive = (message: ChannelMessage): ChannelInput => ({ type: "receive", message });
+
+/** The one message in `effects`. */
+function sentIn(effects: ChannelEffect[]): ChannelMessage {
+  const sends = effects.flatMap((e) => (e.type === "send" ? [e.message] : []));
+  expect(sends).to.have.length(1);
+  return sends[0]!;
+}
+
+function messageOf<T extends ChannelMessage["type"]>(effects: ChannelEffect[], type: T): Extract<ChannelMessage, { type: T }> {
+  const m = sentIn(effects);
+  expect(m.type).to.equal(type);
+  return m as Extract<ChannelMessage, { type: T }>;
+}
+
+interface Chans {
+  1: ChannelData;
+  2: ChannelData;
+}
+
+const otherSide = (s: Side): Side => (s === 1 ? 2 : 1);
+
+/** The full three-step update: propose, receive Propose (countersign), receive Countersign. */
+function update(
+  ch: Chans,
+  proposer: Side,
+  ops: Op[],
+  now = T0,
+  p: Pair = pair,
+): Chans & { propose: Extract<ChannelMessage, { type: "Propose" }> } {
+  const q = otherSide(proposer);
+  const p1 = ok(ch[proposer], { type: "propose", ops }, now, p);
+  const propose = messageOf(p1.effects, "Propose");
+  const q1 = ok(ch[q], receive(propose), now, p);
+  const countersign = messageOf(q1.effects, "Countersign");
+  const p2 = ok(p1.channel, receive(countersign), now, p);
+  const next = { [proposer]: p2.channel, [q]: q1.channel } as unknown as Chans;
+  return { ...next, propose };
+}
+
+function fresh(p: Pair = pair): Chans {
+  return { 1: p.initial[1], 2: p.initial[2] };
+}
+
+const address = (side: Side): Hex => pair.configs[side][side === 1 ? "participant1" : "participant2"];
+
+/** A Propose from `from` carrying any state and ops, signed by `signer` (the proposer's key by default). */
+function forgedPropose(
+  from: Side,
+  state: ChannelState,
+  ops: Op[],
+  opts: { revokedBelow?: bigint; signature?: StateSignature; signer?: Pair["mallory"] } = {},
+): Extract<ChannelMessage, { type: "Propose" }> {
+  const signature =
+    opts.signature ?? signUpdateAs(opts.signer ?? pair.signers[from], pair.channelId, state, opts.revokedBelow ?? state.nonce - 1n);
+  return { type: "Propose", channelId: pair.channelId, state, ops, signature };
+}
+
+/** The state `ops` by `proposer` would produce from `base` (computed by hand, not by the code under test). */
+function nextState(base: ChannelState, delta: Partial<ChannelState>): ChannelState {
+  return { ...base, nonce: base.nonce + 1n, ...delta };
+}
+
+const pay = (amount: bigint, id = 1): Op => ({ type: "pay", amount, paymentId: PID(id) });
+const lock = (amount: bigint, secretIndex: number, expiry = T0 + HOUR, id = 100 + secretIndex): Op => ({
+  type: "lock",
+  amount,
+  expiry,
+  secretHash: testSecret(secretIndex).hash,
+  paymentId: PID(id),
+});
+const unlock = (secretIndex: number): Op => ({ type: "unlock", secret: testSecret(secretIndex).secret });
+const expire = (secretIndex: number): Op => ({ type: "expire", secretHash: testSecret(secretIndex).hash });
+
+function randomSignature(seed: number): Hex {
+  const bytes = new Uint8Array(65);
+  for (let i = 0; i < 65; i++) bytes[i] = (seed * 131 + i * 7919) & 0xff;
+  bytes[64] = 27;
+  return bytesToHex(bytes);
+}
+
+/** Asserts both parties hold the same fully signed state, each signature valid. */
+function expectAgreed(ch: Chans, nonce: bigint): void {
+  expect(ch[1].latest).to.deep.equal(ch[2].latest);
+  expect(ch[1].inflight).to.equal(null);
+  expect(ch[2].inflight).to.equal(null);
+  const l = ch[1].latest;
+  expect(l.state.nonce).to.equal(nonce);
+  const h = hashState(l.state);
+  expect(isUpdateSignatureBy(pair.backend, pair.channelId, h, l.sig1!, address(1))).to.equal(true);
+  expect(isUpdateSignatureBy(pair.backend, pair.channelId, h, l.sig2!, address(2))).to.equal(true);
+  expect(l.state.locksRoot).to.equal(locksRoot(l.locks));
+  for (const c of [ch[1], ch[2]]) {
+    const s = c.latest.state;
+    expect(share(c.funding, s, 1) + share(c.funding, s, 2) + s.locked1 + s.locked2).to.equal(capacity(c.funding));
+  }
+}
+
+// ------------------------------------------------------------------ tests
+
+describe("channel state machine", function () {
+  before(async function () {
+    pair = await makePair();
+  });
+
+  describe("a new channel", function () {
+    it("starts at nonce 0 with the deposits as shares and nothing signed", function () {
+      const c = pair.initial[1];
+      expect(c.status).to.equal("open");
+      expect(c.latest.state).to.deep.equal({
+        channelId: pair.channelId,
+        nonce: 0n,
+        sent1: 0n,
+        sent2: 0n,
+        locked1: 0n,
+        locked2: 0n,
+        locksRoot: ZERO_HASH,
+      });
+      expect(c.latest.sig1).to.equal(null);
+      expect(c.latest.sig2).to.equal(null);
+      expect(balances(c)).to.deep.equal({ mine: 1000n, partner: 1000n, lockedMine: 0n, lockedPartner: 0n, availableMine: 1000n });
+      expect(disputeKit(c)).to.deep.equal({ latest: c.latest, partnerSignature: null, revocation: null });
+    });
+  });
+
+  describe("the three-step update", function () {
+    it("pay: propose, countersign with a revocation, complete", function () {
+      const ch = fresh();
+      const p = ok(ch[1], { type: "propose", ops: [pay(100n)] });
+      const propose = messageOf(p.effects, "Propose");
+      expect(p.effects).to.have.length(1);
+      expect(propose.state).to.deep.equal(nextState(ch[1].latest.state, { sent1: 100n }));
+      expect(propose.signature.revokedBelow, "nothing to revoke before the first state").to.equal(0n);
+      expect(isUpdateSignatureBy(pair.backend, pair.channelId, hashState(propose.state), propose.signature, address(1))).to.equal(true);
+      expect(p.channel.inflight?.next.state).to.deep.equal(propose.state);
+      expect(p.channel.latest).to.deep.equal(ch[1].latest, "latest waits for the countersignature");
+
+      const q = ok(ch[2], receive(propose));
+      const countersign = messageOf(q.effects, "Countersign");
+      expect(countersign.nonce).to.equal(1n);
+      expect(countersign.signature.revokedBelow, "countersigning n+1 revokes n").to.equal(1n);
+      expect(isUpdateSignatureBy(pair.backend, pair.channelId, hashState(propose.state), countersign.signature, address(2))).to.equal(true);
+      expect(q.effects).to.deep.include({ type: "updated", nonce: 1n, proposer: 1, ops: [pay(100n)] });
+      expect(q.channel.latest.state).to.deep.equal(propose.state);
+      expect(q.channel.myRevokedBelow).to.equal(1n);
+      expect(q.channel.partnerRevocation, "a revokedBelow of 0 revokes nothing").to.equal(null);
+
+      const done = ok(p.channel, receive(countersign));
+      expect(done.effects).to.deep.equal([{ type: "updated", nonce: 1n, proposer: 1, ops: [pay(100n)] }]);
+      expect(done.channel.inflight).to.equal(null);
+      expect(done.channel.partnerRevocation).to.deep.equal({
+        revokedBelow: 1n,
+        stateHash: hashState(propose.state),
+        signature: countersign.signature.signature,
+      });
+      const after = { 1: done.channel, 2: q.channel };
+      expectAgreed(after, 1n);
+      expect(balances(after[1])).to.deep.include({ mine: 900n, partner: 1100n, availableMine: 900n });
+      expect(balances(after[2])).to.deep.include({ mine: 1100n, partner: 900n, availableMine: 1100n });
+      expect(disputeKit(after[1]).partnerSignature).to.deep.equal(countersign.signature);
+    });
+
+    it("the next proposer revokes every state below its newest one", function () {
+      let ch: Chans = fresh();
+      ch = update(ch, 1, [pay(100n)]);
+      const r = update(ch, 2, [pay(30n)]);
+      expect(r.propose.signature.revokedBelow).to.equal(1n);
+      expect(r.propose.state).to.deep.include({ nonce: 2n, sent1: 100n, sent2: 30n });
+      expectAgreed(r, 2n);
+      expect(r[2].partnerRevocation?.revokedBelow).to.equal(2n);
+      expect(r[1].partnerRevocation?.revokedBelow).to.equal(1n);
+      expect(r[1].myRevokedBelow).to.equal(2n);
+      expect(r[2].myRevokedBelow).to.equal(1n);
+      expect(balances(r[1]).mine).to.equal(930n);
+    });
+
+    it("lock: the amount leaves the sender's share and enters the locks root", function () {
+      const r = update(fresh(), 1, [lock(200n, 1)]);
+      expectAgreed(r, 1n);
+      const expected = [{ sender: 1 as const, amount: 200n, expiry: T0 + HOUR, secretHash: testSecret(1).hash }];
+      expect(r[1].latest.locks).to.deep.equal(expected);
+      expect(r[1].latest.state).to.deep.include({ locked1: 200n, sent1: 0n, locksRoot: locksRoot(expected) });
+      expect(balances(r[1])).to.deep.include({ mine: 800n, partner: 1000n, lockedMine: 200n, availableMine: 800n });
+      expect(balances(r[2])).to.deep.include({ mine: 1000n, lockedPartner: 200n });
+    });
+
+    it("unlock: the receiver settles a lock with its secret", function () {
+      let ch: Chans = update(fresh(), 1, [lock(200n, 1)]);
+      ch = update(ch, 2, [unlock(1)], T0 + HOUR);
+      expectAgreed(ch, 2n);
+      expect(ch[1].latest.state).to.deep.include({ locked1: 0n, sent1: 200n, locksRoot: ZERO_HASH });
+      expect(ch[1].latest.locks).to.deep.equal([]);
+      expect(balances(ch[2]).mine).to.equal(1200n);
+      expect(balances(ch[1]).mine).to.equal(800n);
+    });
+
+    it("expire: the sender takes an expired lock back", function () {
+      let ch: Chans = update(fresh(), 2, [lock(300n, 2)]);
+      expect(balances(ch[2]).availableMine).to.equal(700n);
+      ch = update(ch, 2, [expire(2)], T0 + HOUR + 1n);
+      expectAgreed(ch, 2n);
+      expect(ch[2].latest.state).to.deep.include({ locked2: 0n, sent2: 0n, locksRoot: ZERO_HASH });
+      expect(balances(ch[2]).availableMine).to.equal(1000n);
+      expect(balances(ch[1]).mine).to.equal(1000n);
+    });
+
+    it("a batch of several operations is one update", function () {
+      let ch: Chans = update(fresh(), 1, [pay(10n, 1), lock(50n, 1, T0 + HOUR), lock(60n, 2, T0 + 2n * HOUR), lock(70n, 3, T0 + HOUR)]);
+      expectAgreed(ch, 1n);
+      expect(ch[1].latest.state).to.deep.include({ sent1: 10n, locked1: 180n });
+      expect(ch[1].latest.locks.map((l) => l.amount)).to.deep.equal([50n, 60n, 70n]);
+      // Receiver settles one lock and pays back in the same update.
+      const r = update(ch, 2, [unlock(1), pay(5n, 2), lock(20n, 4, T0 + HOUR)], T0 + 60n);
+      expectAgreed(r, 2n);
+      expect(r[1].latest.state).to.deep.include({ sent1: 60n, locked1: 130n, sent2: 5n, locked2: 20n });
+      // After the expiries the sender removes two of its locks, the receiver unlocks nothing.
+      const t = T0 + HOUR + 1n;
+      const e = update(r, 1, [expire(3), pay(1n, 3)], t);
+      expectAgreed(e, 3n);
+      expect(e[1].latest.locks.map((l) => l.secretHash)).to.deep.equal([testSecret(2).hash, testSecret(4).hash]);
+      expect(e[1].latest.state).to.deep.include({ sent1: 61n, locked1: 60n, sent2: 5n, locked2: 20n });
+      expect(balances(e[1])).to.deep.include({ mine: 1000n - 61n - 60n + 5n, availableMine: 884n });
+    });
+
+    it("an expired lock taken back in a batch funds the rest of the batch", function () {
+      let ch: Chans = update(fresh(), 1, [lock(1000n, 1)]);
+      expect(balances(ch[1]).availableMine).to.equal(0n);
+      rejected(ch[1], { type: "propose", ops: [expire(1), pay(1001n)] }, "INSUFFICIENT_BALANCE", T0 + HOUR + 1n);
+      ch = update(ch, 1, [expire(1), pay(1000n)], T0 + HOUR + 1n);
+      expect(ch[1].latest.state).to.deep.include({ sent1: 1000n, locked1: 0n });
+    });
+
+    it("survives a store round trip at every step", function () {
+      const ch = fresh();
+      const p = ok(restored(ch[1]), { type: "propose", ops: [lock(10n, 1)] });
+      const q = ok(restored(ch[2]), receive(messageOf(p.effects, "Propose")));
+      const done = ok(restored(p.channel), receive(messageOf(q.effects, "Countersign")));
+      expect(restored(done.channel)).to.deep.equal(done.channel);
+      expectAgreed({ 1: restored(done.channel), 2: restored(q.channel) }, 1n);
+    });
+  });
+
+  describe("rejections are typed and change nothing", function () {
+    let base: Chans;
+    before(function () {
+      // Nonce 2: side 1 locked 100 (secret 1) and paid 50; side 2 locked 100 (secret 2).
+      base = update(update(fresh(), 1, [lock(100n, 1), pay(50n)]), 2, [lock(100n, 2)]);
+    });
+
+    it("a message for another channel", function () {
+      const otherId = makeChannelId(DOMAIN.chainId, DOMAIN.verifyingContract, pair.configs[1].participant1, pair.configs[1].participant2, 2);
+      const p = ok(base[1], { type: "propose", ops: [pay(1n)] });
+      const propose = messageOf(p.effects, "Propose");
+      rejected(base[2], receive({ ...propose, channelId: otherId }), "WRONG_CHANNEL");
+      const q = ok(base[2], receive(propose));
+      const countersign = messageOf(q.effects, "Countersign");
+      rejected(p.channel, receive({ ...countersign, channelId: otherId }), "WRONG_CHANNEL");
+      for (const m of [
+        { type: "Revoke", channelId: otherId, nonce: 2n, signature: countersign.signature },
+        { type: "WithdrawRequest", channelId: otherId, request: withdrawOf(1, 1n), signature: randomSignature(1) },
+        { type: "CloseRequest", channelId: otherId, terms: { channelId: otherId, balance1: 1n, balance2: 1n }, signature: randomSignature(2) },
+      ] satisfies ChannelMessage[]) {
+        rejected(base[2], receive(m), "WRONG_CHANNEL");
+      }
+      // A state of another channel inside a message of this one.
+      const state = { ...propose.state, channelId: otherId };
+      rejected(base[2], receive(forgedPropose(1, state, [pay(1n)])), "STATE_MISMATCH");
+    });
+
+    it("a proposal whose nonce is not exactly the next one", function () {
+      const ops = [pay(1n)];
+      const good = nextState(base[2].latest.state, { sent1: base[2].latest.state.sent1 + 1n });
+      rejected(base[2], receive(forgedPropose(1, { ...good, nonce: good.nonce + 1n }, ops)), "BAD_NONCE");
+      rejected(base[2], receive(forgedPropose(1, { ...good, nonce: good.nonce + 100n }, ops)), "BAD_NONCE");
+      rejected(base[2], receive(forgedPropose(1, { ...good, nonce: good.nonce - 1n }, ops, { revokedBelow: 0n })), "BAD_NONCE");
+    });
+
+    it("a stale proposal or countersignature (replayed)", function () {
+      const p = ok(base[1], { type: "propose", ops: [pay(1n)] });
+      const propose = messageOf(p.effects, "Propose");
+      const q = ok(base[2], receive(propose));
+      const countersign = messageOf(q.effects, "Countersign");
+      const done = ok(p.channel, receive(countersign));
+      rejected(q.channel, receive(propose), "BAD_NONCE");
+      rejected(done.channel, receive(countersign), "UNEXPECTED_MESSAGE");
+      // An old proposal of this channel, replayed much later.
+      rejected(done.channel, receive({ ...propose, state: base[1].latest.state }), "BAD_NONCE");
+      // A countersignature nobody asked for, or for another nonce.
+      rejected(base[1], receive(countersign), "UNEXPECTED_MESSAGE");
+      rejected(p.channel, receive({ ...countersign, nonce: countersign.nonce + 1n }), "UNEXPECTED_MESSAGE");
+    });
+
+    it("a forged signature (a third key, random bytes, malformed)", function () {
+      const ops = [pay(1n)];
+      const state = nextState(base[2].latest.state, { sent1: base[2].latest.state.sent1 + 1n });
+      rejected(base[2], receive(forgedPropose(1, state, ops, { signer: pair.mallory })), "BAD_SIGNATURE");
+      rejected(base[2], receive(forgedPropose(1, state, ops, { signer: pair.signers[2] })), "BAD_SIGNATURE");
+      for (const signature of [randomSignature(3), "0x1234" as Hex, `0x${"zz".repeat(65)}` as Hex, `0x${"00".repeat(65)}` as Hex]) {
+        rejected(base[2], receive(forgedPropose(1, state, ops, { signature: { revokedBelow: 1n, signature } })), "BAD_SIGNATURE");
+      }
+      for (const revokedBelow of [-1n, 1n << 64n]) {
+        const real = signUpdateAs(pair.signers[1], pair.channelId, state, 0n);
+        rejected(base[2], receive(forgedPropose(1, state, ops, { signature: { ...real, revokedBelow } })), "BAD_SIGNATURE");
+      }
+      // Signed for another chain: no replay across domains.
+      const elsewhere = bytesToHex(
+        pair.signers[1].signDigest(
+          cooperativeCloseDigestBytes({ ...DOMAIN, chainId: 1n }, { channelId: pair.channelId, balance1: 0n, balance2: 0n }),
+        ),
+      );
+      rejected(base[2], receive(forgedPropose(1, state, ops, { signature: { revokedBelow: 1n, signature: elsewhere } })), "BAD_SIGNATURE");
+
+      const p = ok(base[1], { type: "propose", ops });
+      const pending = p.channel.inflight!.next.state;
+      const bySomeoneElse = signUpdateAs(pair.mallory, pair.channelId, pending, pending.nonce);
+      rejected(p.channel, receive({ type: "Countersign", channelId: pair.channelId, nonce: pending.nonce, signature: bySomeoneElse }), "BAD_SIGNATURE");
+      const bySelf = signUpdateAs(pair.signers[1], pair.channelId, pending, pending.nonce);
+      rejected(p.channel, receive({ type: "Countersign", channelId: pair.channelId, nonce: pending.nonce, signature: bySelf }), "BAD_SIGNATURE");
+      rejected(
+        p.channel,
+        receive({
+          type: "Countersign",
+          channelId: pair.channelId,
+          nonce: pending.nonce,
+          signature: { revokedBelow: pending.nonce, signature: randomSignature(4) },
+        }),
+        "BAD_SIGNATURE",
+      );
+    });
+
+    it("the right key's signature over a different state", function () {
+      const ops = [pay(1n)];
+      const state = nextState(base[2].latest.state, { sent1: base[2].latest.state.sent1 + 1n });
+      const onOther = signUpdateAs(pair.signers[1], pair.channelId, { ...state, sent1: state.sent1 + 1n }, 1n);
+      rejected(base[2], receive(forgedPropose(1, state, ops, { signature: onOther })), "BAD_SIGNATURE");
+      // The proposer's genuine signature with its revokedBelow changed.
+      const real = signUpdateAs(pair.signers[1], pair.channelId, state, 1n);
+      rejected(base[2], receive(forgedPropose(1, state, ops, { signature: { ...real, revokedBelow: 2n } })), "BAD_SIGNATURE");
+
+      const p = ok(base[1], { type: "propose", ops });
+      const pending = p.channel.inflight!.next.state;
+      const wrongState = signUpdateAs(pair.signers[2], pair.channelId, { ...pending, sent1: pending.sent1 + 1n }, pending.nonce);
+      rejected(p.channel, receive({ type: "Countersign", channelId: pair.channelId, nonce: pending.nonce, signature: wrongState }), "BAD_SIGNATURE");
+      // Agrees to the state but does not revoke the previous one.
+      const noRevocation = signUpdateAs(pair.signers[2], pair.channelId, pending, pending.nonce - 1n);
+      rejected(p.channel, receive({ type: "Countersign", channelId: pair.channelId, nonce: pending.nonce, signature: noRevocation }), "BAD_SIGNATURE");
+      // Signed for another channel id.
+      const digestElsewhere = signUpdateAs(pair.signers[2], PID(7), pending, pending.nonce);
+      rejected(p.channel, receive({ type: "Countersign", channelId: pair.channelId, nonce: pending.nonce, signature: digestElsewhere }), "BAD_SIGNATURE");
+    });
+
+    it("a state that is not what its operations produce", function () {
+      const s = base[2].latest.state;
+      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 2n }), [pay(1n)])), "STATE_MISMATCH");
+      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent2: s.sent2 + 1n }), [pay(1n)])), "STATE_MISMATCH");
+      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 1n, locksRoot: ZERO_HASH }), [pay(1n)])), "STATE_MISMATCH");
+      rejected(base[2], receive(forgedPropose(1, nextState(s, {}), [pay(1n)])), "STATE_MISMATCH");
+    });
+
+    it("amounts of zero or less", function () {
+      for (const amount of [0n, -1n, -1000n]) {
+        rejected(base[1], { type: "propose", ops: [pay(amount)] }, "BAD_AMOUNT");
+        rejected(base[1], { type: "propose", ops: [lock(amount, 9)] }, "BAD_AMOUNT");
+        rejected(base[1], { type: "propose", ops: [pay(5n), pay(amount)] }, "BAD_AMOUNT");
+        rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [pay(amount)])), "BAD_AMOUNT");
+        rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [lock(amount, 9)])), "BAD_AMOUNT");
+      }
+    });
+
+    it("amounts above what the proposer has available", function () {
+      // Side 1: 1000 - 100 locked - 50 paid = 850, side 2's lock is not its to spend.
+      expect(balances(base[1]).availableMine).to.equal(850n);
+      rejected(base[1], { type: "propose", ops: [pay(851n)] }, "INSUFFICIENT_BALANCE");
+      rejected(base[1], { type: "propose", ops: [lock(851n, 9)] }, "INSUFFICIENT_BALANCE");
+      rejected(base[1], { type: "propose", ops: [pay(800n), lock(51n, 9)] }, "INSUFFICIENT_BALANCE");
+      rejected(base[1], { type: "propose", ops: [pay(1n << 300n)] }, "INSUFFICIENT_BALANCE");
+      ok(base[1], { type: "propose", ops: [pay(800n), lock(50n, 9)] });
+      const s = base[2].latest.state;
+      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 851n }), [pay(851n)])), "INSUFFICIENT_BALANCE");
+      rejected(base[1], receive(forgedPropose(2, nextState(s, { sent2: s.sent2 + 951n }), [pay(951n)])), "INSUFFICIENT_BALANCE");
+    });
+
+    it("a lock expiry outside the policy's bounds", function () {
+      const { minLockSeconds, maxLockSeconds } = pair.policy;
+      rejected(base[1], { type: "propose", ops: [lock(1n, 9, T0 + minLockSeconds - 1n)] }, "LOCK_EXPIRY_OUT_OF_BOUNDS");
+      rejected(base[1], { type: "propose", ops: [lock(1n, 9, T0)] }, "LOCK_EXPIRY_OUT_OF_BOUNDS");
+      rejected(base[1], { type: "propose", ops: [lock(1n, 9, T0 - 1n)] }, "LOCK_EXPIRY_OUT_OF_BOUNDS");
+      rejected(base[1], { type: "propose", ops: [lock(1n, 9, T0 + maxLockSeconds + 1n)] }, "LOCK_EXPIRY_OUT_OF_BOUNDS");
+      ok(base[1], { type: "propose", ops: [lock(1n, 9, T0 + minLockSeconds)] });
+      ok(base[1], { type: "propose", ops: [lock(1n, 9, T0 + maxLockSeconds)] });
+      // The receiver checks against its own clock: a proposal that arrives too late is refused.
+      const p = ok(base[1], { type: "propose", ops: [lock(1n, 9, T0 + minLockSeconds)] });
+      rejected(base[2], receive(messageOf(p.effects, "Propose")), "LOCK_EXPIRY_OUT_OF_BOUNDS", T0 + 1n);
+    });
+
+    it("a secret hash that is already locked", function () {
+      rejected(base[1], { type: "propose", ops: [lock(1n, 1)] }, "DUPLICATE_SECRET_HASH");
+      rejected(base[1], { type: "propose", ops: [lock(1n, 2)] }, "DUPLICATE_SECRET_HASH");
+      rejected(base[1], { type: "propose", ops: [lock(1n, 9), lock(2n, 9)] }, "DUPLICATE_SECRET_HASH");
+      const s = base[2].latest.state;
+      const locks = [...base[2].latest.locks, { sender: 1 as const, amount: 1n, expiry: T0 + HOUR, secretHash: testSecret(2).hash }];
+      const state = nextState(s, { locked1: s.locked1 + 1n, locksRoot: locksRoot(locks) });
+      rejected(base[2], receive(forgedPropose(1, state, [lock(1n, 2)])), "DUPLICATE_SECRET_HASH");
+    });
+
+    it("a secret hash that is not 32 bytes of lowercase hex", function () {
+      // The same hash in capitals would slip past the duplicate check, and no unlock (which hashes
+      // to lowercase) could ever find it.
+      const upper = `0x${testSecret(9).hash.slice(2).toUpperCase()}` as Hex;
+      const existing = `0x${testSecret(1).hash.slice(2).toUpperCase()}` as Hex;
+      for (const secretHash of [upper, existing, "0x12" as Hex, `0x${"gg".repeat(32)}` as Hex, `${testSecret(9).hash}00` as Hex]) {
+        const op: Op = { type: "lock", amount: 1n, expiry: T0 + HOUR, secretHash, paymentId: PID(1) };
+        rejected(base[1], { type: "propose", ops: [op] }, "BAD_SECRET_HASH");
+        rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [op])), "BAD_SECRET_HASH");
+      }
+    });
+
+    it("unlock with a wrong secret, by the sender, or after expiry", function () {
+      // Side 2 receives side 1's lock (secret 1).
+      rejected(base[2], { type: "propose", ops: [unlock(3)] }, "UNKNOWN_LOCK");
+      rejected(base[2], { type: "propose", ops: [{ type: "unlock", secret: "0x1234" }] }, "WRONG_SECRET");
+      rejected(base[2], { type: "propose", ops: [{ type: "unlock", secret: testSecret(1).hash }] }, "UNKNOWN_LOCK");
+      rejected(base[1], { type: "propose", ops: [unlock(1)] }, "NOT_LOCK_RECEIVER");
+      rejected(base[2], { type: "propose", ops: [unlock(2)] }, "NOT_LOCK_RECEIVER");
+      rejected(base[2], { type: "propose", ops: [unlock(1)] }, "LOCK_EXPIRED", T0 + HOUR + 1n);
+      ok(base[2], { type: "propose", ops: [unlock(1)] }, T0 + HOUR);
+      rejected(base[2], { type: "propose", ops: [unlock(1), unlock(1)] }, "UNKNOWN_LOCK");
+      // The same checks on the receiving side, against a correctly signed proposal.
+      const s = base[1].latest.state;
+      const settled = nextState(s, {
+        locked1: s.locked1 - 100n,
+        sent1: s.sent1 + 100n,
+        locksRoot: locksRoot(base[1].latest.locks.filter((l) => l.secretHash !== testSecret(1).hash)),
+      });
+      const fromReceiver = forgedPropose(2, settled, [unlock(1)]);
+      ok(base[1], receive(fromReceiver), T0 + HOUR);
+      rejected(base[1], receive(fromReceiver), "LOCK_EXPIRED", T0 + HOUR + 1n);
+      const s2 = base[2].latest.state;
+      const wrongSecret = forgedPropose(1, nextState(s2, {}), [unlock(5)]);
+      rejected(base[2], receive(wrongSecret), "UNKNOWN_LOCK");
+      const bySender = forgedPropose(1, nextState(s2, {}), [unlock(1)]);
+      rejected(base[2], receive(bySender), "NOT_LOCK_RECEIVER");
+    });
+
+    it("expire before the expiry, by the receiver, or of an unknown lock", function () {
+      rejected(base[1], { type: "propose", ops: [expire(1)] }, "LOCK_NOT_EXPIRED");
+      rejected(base[1], { type: "propose", ops: [expire(1)] }, "LOCK_NOT_EXPIRED", T0 + HOUR);
+      rejected(base[2], { type: "propose", ops: [expire(1)] }, "NOT_LOCK_SENDER", T0 + HOUR + 1n);
+      rejected(base[1], { type: "propose", ops: [expire(2)] }, "NOT_LOCK_SENDER", T0 + HOUR + 1n);
+      rejected(base[1], { type: "propose", ops: [expire(7)] }, "UNKNOWN_LOCK", T0 + HOUR + 1n);
+      ok(base[1], { type: "propose", ops: [expire(1)] }, T0 + HOUR + 1n);
+      const s = base[2].latest.state;
+      const early = forgedPropose(1, nextState(s, { locked1: 0n, locksRoot: locksRoot(base[2].latest.locks.slice(1)) }), [expire(1)]);
+      rejected(base[2], receive(early), "LOCK_NOT_EXPIRED", T0 + HOUR);
+      ok(base[2], receive(early), T0 + HOUR + 1n);
+      const byReceiver = forgedPropose(2, nextState(s, {}), [expire(1)]);
+      rejected(base[1], receive(byReceiver), "NOT_LOCK_SENDER", T0 + HOUR + 1n);
+    });
+
+    it("more locks than the policy allows", async function () {
+      const small = await makePair({ policy: { ...pair.policy, maxLocks: 2 } });
+      const ch = fresh(small);
+      rejected(ch[1], { type: "propose", ops: [lock(1n, 1), lock(1n, 2), lock(1n, 3)] }, "TOO_MANY_LOCKS", T0, small);
+      // Two pending, then a third from either side.
+      const two = update(ch, 1, [lock(1n, 1), lock(1n, 2)], T0, small);
+      rejected(two[1], { type: "propose", ops: [lock(1n, 3)] }, "TOO_MANY_LOCKS", T0, small);
+      rejected(two[2], { type: "propose", ops: [lock(1n, 3)] }, "TOO_MANY_LOCKS", T0, small);
+      const s = two[2].latest.state;
+      const locks = [...two[2].latest.locks, { sender: 1 as const, amount: 1n, expiry: T0 + HOUR, secretHash: testSecret(3).hash }];
+      const third = forgedPropose(1, nextState(s, { locked1: s.locked1 + 1n, locksRoot: locksRoot(locks) }), [lock(1n, 3)]);
+      rejected(two[2], receive(third), "TOO_MANY_LOCKS", T0, small);
+      // Removing one in the same batch makes room.
+      ok(two[1], { type: "propose", ops: [expire(1), lock(1n, 3, T0 + 2n * HOUR)] }, T0 + HOUR + 1n, small);
+    });
+
+    it("an update with no operations", function () {
+      rejected(base[1], { type: "propose", ops: [] }, "NO_OPS");
+      rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [])), "NO_OPS");
+    });
+
+    it("a proposal while one is waiting", function () {
+      const p = ok(base[1], { type: "propose", ops: [pay(1n)] });
+      rejected(p.channel, { type: "propose", ops: [pay(1n)] }, "BUSY");
+      rejected(p.channel, { type: "requestCooperativeClose" }, "BUSY");
+    });
+  });
+
+  describe("concurrent proposals for the same nonce", function () {
+    it("side 1 wins; side 2 drops its own, countersigns side 1's, and can propose again", function () {
+      const ch = fresh();
+      const p1 = ok(ch[1], { type: "propose", ops: [pay(10n, 1)] });
+      const p2 = ok(ch[2], { type: "propose", ops: [pay(20n, 2)] });
+      const m1 = messageOf(p1.effects, "Propose");
+      const m2 = messageOf(p2.effects, "Propose");
+      expect(m1.state.nonce).to.equal(m2.state.nonce);
+
+      rejected(p1.channel, receive(m2), "CONFLICT");
+      const q = ok(p2.channel, receive(m1));
+      expect(q.effects[0]).to.deep.equal({ type: "proposalDropped", ops: [pay(20n, 2)] });
+      const countersign = messageOf(q.effects, "Countersign");
+      expect(q.effects).to.deep.include({ type: "updated", nonce: 1n, proposer: 1, ops: [pay(10n, 1)] });
+      expect(q.channel.inflight).to.equal(null);
+      const done = ok(p1.channel, receive(countersign));
+      let after: Chans = { 1: done.channel, 2: q.channel };
+      expectAgreed(after, 1n);
+      // Side 2's dropped proposal is stale now.
+      rejected(after[1], receive(m2), "BAD_NONCE");
+      // Side 2 proposes its payment again, on top of side 1's.
+      after = update(after, 2, [pay(20n, 2)]);
+      expectAgreed(after, 2n);
+      expect(after[1].latest.state).to.deep.include({ sent1: 10n, sent2: 20n });
+      // Neither side holds a revocation of the other's newest state.
+      for (const side of [1, 2] as const) {
+        expect(after[otherSide(side)].partnerRevocation!.revokedBelow <= after[side].latest.state.nonce).to.equal(true);
+      }
+    });
+
+    it("side 2's proposal arriving first at side 1 is still refused while side 1 waits", function () {
+      const ch = update(fresh(), 2, [pay(1n)]);
+      const p1 = ok(ch[1], { type: "propose", ops: [pay(10n)] });
+      const p2 = ok(ch[2], { type: "propose", ops: [lock(5n, 1)] });
+      rejected(p1.channel, receive(messageOf(p2.effects, "Propose")), "CONFLICT");
+      const q = ok(p2.channel, receive(messageOf(p1.effects, "Propose")));
+      expect(q.effects.map((e) => e.type)).to.deep.equal(["proposalDropped", "send", "updated"]);
+    });
+  });
+
+  describe("revocation", function () {
+    it("an explicit Revoke revokes the state before the newest, once", function () {
+      const ch = update(fresh(), 1, [pay(100n)]);
+      expect(ch[1].myRevokedBelow).to.equal(0n);
+      const r = ok(ch[1], { type: "revoke" });
+      const m = messageOf(r.effects, "Revoke");
+      expect(m.nonce).to.equal(1n);
+      expect(m.signature.revokedBelow).to.equal(1n);
+      expect(isUpdateSignatureBy(pair.backend, pair.channelId, hashState(ch[1].latest.state), m.signature, address(1))).to.equal(true);
+      expect(r.channel.myRevokedBelow).to.equal(1n);
+      expect(r.channel.latest).to.deep.equal(ch[1].latest);
+
+      const q = ok(ch[2], receive(m));
+      expect(q.effects).to.deep.equal([]);
+      expect(q.channel.partnerRevocation).to.deep.equal({ revokedBelow: 1n, stateHash: hashState(ch[1].latest.state), signature: m.signature.signature });
+      // Nothing more to revoke, on either side; a repeated Revoke changes nothing.
+      const again = ok(r.channel, { type: "revoke" });
+      expect(again.effects).to.deep.equal([]);
+      expect(again.channel).to.deep.equal(r.channel);
+      const countersigner = ok(ch[2], { type: "revoke" });
+      expect(countersigner.effects).to.deep.equal([]);
+      const dup = ok(q.channel, receive(m));
+      expect(dup.channel).to.deep.equal(q.channel);
+      // The next proposal keeps revoking below 1, never more than the fully signed newest state.
+      const next = ok(r.channel, { type: "propose", ops: [pay(1n)] });
+      expect(messageOf(next.effects, "Propose").signature.revokedBelow).to.equal(1n);
+    });
+
+    it("nothing to revoke at nonce 0", function () {
+      const r = ok(pair.initial[1], { type: "revoke" });
+      expect(r.effects).to.deep.equal([]);
+      expect(r.channel).to.deep.equal(pair.initial[1]);
+    });
+
+    it("a stale Revoke is ignored; a forged one is refused", function () {
+      const ch1 = update(fresh(), 1, [pay(100n)]);
+      const r = ok(ch1[1], { type: "revoke" });
+      const m = messageOf(r.effects, "Revoke");
+      const ch2 = update({ 1: r.channel, 2: ch1[2] }, 2, [pay(1n)]);
+      const stale = ok(ch2[2], receive(m));
+      expect(stale.effects).to.deep.equal([]);
+      expect(stale.channel).to.deep.equal(ch2[2]);
+      const latest = ch2[2].latest.state;
+      const random = { revokedBelow: latest.nonce, signature: randomSignature(5) };
+      rejected(ch2[2], receive({ type: "Revoke", channelId: pair.channelId, nonce: latest.nonce, signature: random }), "BAD_SIGNATURE");
+      const byMallory = signUpdateAs(pair.mallory, pair.channelId, latest, latest.nonce);
+      rejected(ch2[2], receive({ type: "Revoke", channelId: pair.channelId, nonce: latest.nonce, signature: byMallory }), "BAD_SIGNATURE");
+      const onOtherState = signUpdateAs(pair.signers[1], pair.channelId, ch1[1].latest.state, latest.nonce);
+      rejected(ch2[2], receive({ type: "Revoke", channelId: pair.channelId, nonce: latest.nonce, signature: onOtherState }), "BAD_SIGNATURE");
+    });
+  });
+
+  describe("withdraw while open", function () {
+    const EXPIRY = T0 + 600n;
+
+    function requestAndConfirm(ch: Chans, side: Side, amount: bigint, expiry = EXPIRY) {
+      const q = otherSide(side);
+      const r = ok(ch[side], { type: "requestWithdraw", amount, expiry });
+      const request = messageOf(r.effects, "WithdrawRequest");
+      const c = ok(ch[q], receive(request));
+      const confirm = messageOf(c.effects, "WithdrawConfirm");
+      const done = ok(r.channel, receive(confirm));
+      return { chans: { [side]: done.channel, [q]: c.channel } as unknown as Chans, request, confirm, done, r };
+    }
+
+    it("request, confirm: both signatures on the request, ready to submit", function () {
+      const { chans, request, confirm, done } = requestAndConfirm(fresh(), 1, 300n);
+      expect(request.request).to.deep.equal({ channelId: pair.channelId, participant: address(1), totalWithdraw: 300n, expiry: EXPIRY });
+      const digest = withdrawDigestBytes(DOMAIN, request.request);
+      expect(pair.backend.verifier.recoverAddress(digest, hexToBytes(request.signature))).to.equal(address(1));
+      expect(pair.backend.verifier.recoverAddress(digest, hexToBytes(confirm.signature))).to.equal(address(2));
+      const ready = done.effects.find((e) => e.type === "withdrawReady");
+      expect(ready).to.deep.equal({
+        type: "withdrawReady",
+        withdraw: { side: 1, request: request.request, sig1: request.signature, sig2: confirm.signature },
+      });
+      expect(chans[1].withdraws).to.deep.equal(chans[2].withdraws);
+    });
+
+    it("a pending withdrawal reduces what can be paid, on both sides", function () {
+      const { chans } = requestAndConfirm(fresh(), 1, 700n);
+      expect(balances(chans[1])).to.deep.include({ mine: 1000n, availableMine: 300n });
+      expect(available(chans[2], 1)).to.equal(300n);
+      rejected(chans[1], { type: "propose", ops: [pay(301n)] }, "INSUFFICIENT_BALANCE");
+      rejected(chans[1], { type: "requestWithdraw", amount: 1n, expiry: EXPIRY }, "WITHDRAW_PENDING");
+      const s = chans[2].latest.state;
+      rejected(chans[2], receive(forgedPropose(1, nextState(s, { sent1: 301n }), [pay(301n)])), "INSUFFICIENT_BALANCE");
+      const after = update(chans, 1, [pay(300n)]);
+      expect(balances(after[1]).availableMine).to.equal(0n);
+      // The partner may still withdraw its own share.
+      const theirs = requestAndConfirm(after, 2, 1300n);
+      expect(balances(theirs.chans[2]).availableMine).to.equal(0n);
+    });
+
+    it("a withdrawal that expired unexecuted is released only after the margin", function () {
+      const { chans } = requestAndConfirm(fresh(), 1, 700n);
+      const margin = pair.policy.withdrawExpiryMargin;
+      for (const side of [1, 2] as const) {
+        const still = ok(chans[side], { type: "tick" }, EXPIRY + margin);
+        expect(still.channel).to.deep.equal(chans[side]);
+        const gone = ok(chans[side], { type: "tick" }, EXPIRY + margin + 1n);
+        expect(gone.channel.withdraws).to.deep.equal([]);
+        expect(available(gone.channel, 1)).to.equal(1000n);
+      }
+    });
+
+    it("the executed withdrawal, once seen on chain, clears the pending one", function () {
+      const { chans } = requestAndConfirm(fresh(), 2, 400n);
+      const executed: Funding = { ...pair.funding, withdrawn2: 400n };
+      for (const side of [1, 2] as const) {
+        const f = ok(chans[side], { type: "fundingChanged", funding: executed });
+        expect(f.channel.withdraws).to.deep.equal([]);
+        expect(f.channel.funding).to.deep.equal(executed);
+        expect(available(f.channel, 2)).to.equal(600n);
+        expect(share(f.channel.funding, f.channel.latest.state, 2)).to.equal(600n);
+        expect(capacity(f.channel.funding)).to.equal(1600n);
+      }
+      // A later withdrawal counts from the new on-chain total.
+      const f2 = ok(chans[2], { type: "fundingChanged", funding: executed });
+      const again = ok(f2.channel, { type: "requestWithdraw", amount: 100n, expiry: EXPIRY });
+      expect(messageOf(again.effects, "WithdrawRequest").request.totalWithdraw).to.equal(500n);
+    });
+
+    it("a proposal in flight counts against the withdrawable amount", function () {
+      const ch = fresh();
+      const p = ok(ch[1], { type: "propose", ops: [pay(600n)] });
+      rejected(p.channel, { type: "requestWithdraw", amount: 401n, expiry: EXPIRY }, "INSUFFICIENT_BALANCE");
+      ok(p.channel, { type: "requestWithdraw", amount: 400n, expiry: EXPIRY });
+    });
+
+    it("bad requests are refused by the requester", function () {
+      const c = pair.initial[1];
+      rejected(c, { type: "requestWithdraw", amount: 0n, expiry: EXPIRY }, "BAD_AMOUNT");
+      rejected(c, { type: "requestWithdraw", amount: -5n, expiry: EXPIRY }, "BAD_AMOUNT");
+      rejected(c, { type: "requestWithdraw", amount: 1001n, expiry: EXPIRY }, "INSUFFICIENT_BALANCE");
+      rejected(c, { type: "requestWithdraw", amount: 1n, expiry: T0 }, "BAD_EXPIRY");
+      rejected(c, { type: "requestWithdraw", amount: 1n, expiry: T0 + pair.policy.maxWithdrawSeconds + 1n }, "BAD_EXPIRY");
+      ok(c, { type: "requestWithdraw", amount: 1000n, expiry: T0 + pair.policy.maxWithdrawSeconds });
+    });
+
+    it("bad requests and confirmations are refused by the partner", function () {
+      const c2 = pair.initial[2];
+      const good = withdrawOf(1, 300n);
+      const sign = (w: WithdrawRequest, signer = pair.signers[1]) => bytesToHex(signer.signDigest(withdrawDigestBytes(DOMAIN, w)));
+      const msg = (w: WithdrawRequest, signature = sign(w)): ChannelMessage => ({
+        type: "WithdrawRequest",
+        channelId: pair.channelId,
+        request: w,
+        signature,
+      });
+      rejected(c2, receive(msg({ ...good, participant: address(2) })), "WRONG_CHANNEL");
+      rejected(c2, receive(msg({ ...good, channelId: PID(9) })), "WRONG_CHANNEL");
+      rejected(c2, receive(msg({ ...good, expiry: T0 })), "BAD_EXPIRY");
+      rejected(c2, receive(msg({ ...good, totalWithdraw: 0n })), "BAD_AMOUNT");
+      rejected(c2, receive(msg({ ...good, totalWithdraw: 1001n })), "INSUFFICIENT_BALANCE");
+      rejected(c2, receive(msg(good, sign(good, pair.mallory))), "BAD_SIGNATURE");
+      rejected(c2, receive(msg(good, sign({ ...good, totalWithdraw: 299n }))), "BAD_SIGNATURE");
+      rejected(c2, receive(msg(good, randomSignature(6))), "BAD_SIGNATURE");
+      const accepted = ok(c2, receive(msg(good)));
+      rejected(accepted.channel, receive(msg({ ...good, totalWithdraw: 100n })), "WITHDRAW_PENDING");
+      rejected(accepted.channel, receive(msg(good)), "WITHDRAW_PENDING");
+
+      const r = ok(pair.initial[1], { type: "requestWithdraw", amount: 300n, expiry: EXPIRY });
+      const req = messageOf(r.effects, "WithdrawRequest").request;
+      const confirm = (w: WithdrawRequest, signer = pair.signers[2]): ChannelMessage => ({
+        type: "WithdrawConfirm",
+        channelId: pair.channelId,
+        request: w,
+        signature: bytesToHex(signer.signDigest(withdrawDigestBytes(DOMAIN, w))),
+      });
+      rejected(r.channel, receive(confirm(req, pair.mallory)), "BAD_SIGNATURE");
+      rejected(r.channel, receive(confirm(req, pair.signers[1])), "BAD_SIGNATURE");
+      rejected(r.channel, receive(confirm({ ...req, totalWithdraw: 301n })), "UNEXPECTED_MESSAGE");
+      rejected(pair.initial[1], receive(confirm(req)), "UNEXPECTED_MESSAGE");
+    });
+  });
+
+  describe("cooperative close", function () {
+    function closeBoth(ch: Chans, requester: Side) {
+      const q = otherSide(requester);
+      const r = ok(ch[requester], { type: "requestCooperativeClose" });
+      const request = messageOf(r.effects, "CloseRequest");
+      const c = ok(ch[q], receive(request));
+      const confirm = messageOf(c.effects, "CloseConfirm");
+      const done = ok(r.channel, receive(confirm));
+      return { r, c, done, request, confirm };
+    }
+
+    it("both sign the newest balances; then no update is accepted", function () {
+      const ch = update(fresh(), 1, [pay(250n)]);
+      const { r, c, done, request, confirm } = closeBoth(ch, 2);
+      const terms = { channelId: pair.channelId, balance1: 750n, balance2: 1250n };
+      expect(request.terms).to.deep.equal(terms);
+      const digest = cooperativeCloseDigestBytes(DOMAIN, terms);
+      expect(pair.backend.verifier.recoverAddress(digest, hexToBytes(request.signature))).to.equal(address(2));
+      expect(pair.backend.verifier.recoverAddress(digest, hexToBytes(confirm.signature))).to.equal(address(1));
+      const ready = { type: "cooperativeCloseReady", terms, sig1: confirm.signature, sig2: request.signature };
+      expect(c.effects).to.deep.include(ready);
+      expect(done.effects).to.deep.equal([ready]);
+      for (const closing of [r.channel, c.channel, done.channel]) {
+        expect(closing.status).to.equal("closing");
+        rejected(closing, { type: "propose", ops: [pay(1n)] }, "NOT_OPEN");
+        rejected(closing, { type: "requestWithdraw", amount: 1n, expiry: T0 + 60n }, "NOT_OPEN");
+        rejected(closing, { type: "requestCooperativeClose" }, "NOT_OPEN");
+      }
+      // A proposal made before the partner saw the close is refused by the closing side.
+      rejected(r.channel, receive(forgedPropose(1, nextState(ch[2].latest.state, { sent1: 251n }), [pay(1n)])), "NOT_OPEN");
+      rejected(c.channel, receive(forgedPropose(2, nextState(ch[1].latest.state, { sent2: 1n }), [pay(1n)])), "NOT_OPEN");
+      // A repeated confirmation is harmless.
+      const again = ok(done.channel, receive(confirm));
+      expect(again.channel).to.deep.equal(done.channel);
+    });
+
+    it("is refused with pending locks, a proposal in flight or a pending withdrawal", function () {
+      const locked = update(fresh(), 1, [lock(10n, 1)]);
+      rejected(locked[1], { type: "requestCooperativeClose" }, "LOCKS_PENDING");
+      rejected(locked[2], { type: "requestCooperativeClose" }, "LOCKS_PENDING");
+
+      const ch = fresh();
+      const terms = { channelId: pair.channelId, balance1: 1000n, balance2: 1000n };
+      const closeRequest: ChannelMessage = {
+        type: "CloseRequest",
+        channelId: pair.channelId,
+        terms,
+        signature: bytesToHex(pair.signers[1].signDigest(cooperativeCloseDigestBytes(DOMAIN, terms))),
+      };
+      const inflight = ok(ch[2], { type: "propose", ops: [pay(1n)] });
+      rejected(inflight.channel, { type: "requestCooperativeClose" }, "BUSY");
+      rejected(inflight.channel, receive(closeRequest), "BUSY");
+
+      const w = ok(ch[2], { type: "requestWithdraw", amount: 1n, expiry: T0 + 60n });
+      rejected(w.channel, { type: "requestCooperativeClose" }, "WITHDRAW_PENDING");
+      rejected(w.channel, receive(closeRequest), "WITHDRAW_PENDING");
+
+      const lockedTerms = { channelId: pair.channelId, balance1: 990n, balance2: 1000n };
+      const lockedRequest: ChannelMessage = {
+        type: "CloseRequest",
+        channelId: pair.channelId,
+        terms: lockedTerms,
+        signature: bytesToHex(pair.signers[1].signDigest(cooperativeCloseDigestBytes(DOMAIN, lockedTerms))),
+      };
+      rejected(locked[2], receive(lockedRequest), "LOCKS_PENDING");
+      ok(ch[2], receive(closeRequest));
+    });
+
+    it("refuses terms that differ from the newest state, or signed by someone else", function () {
+      const ch = update(fresh(), 1, [pay(250n)]);
+      const sign = (terms: { channelId: Hex; balance1: bigint; balance2: bigint }, signer = pair.signers[1]) => ({
+        type: "CloseRequest" as const,
+        channelId: pair.channelId,
+        terms,
+        signature: bytesToHex(signer.signDigest(cooperativeCloseDigestBytes(DOMAIN, terms))),
+      });
+      rejected(ch[2], receive(sign({ channelId: pair.channelId, balance1: 1000n, balance2: 1000n })), "STATE_MISMATCH");
+      rejected(ch[2], receive(sign({ channelId: pair.channelId, balance1: 751n, balance2: 1249n })), "STATE_MISMATCH");
+      rejected(ch[2], receive(sign({ channelId: PID(5), balance1: 750n, balance2: 1250n })), "STATE_MISMATCH");
+      rejected(ch[2], receive(sign({ channelId: pair.channelId, balance1: 750n, balance2: 1250n }, pair.mallory)), "BAD_SIGNATURE");
+      rejected(ch[2], receive(sign({ channelId: pair.channelId, balance1: 750n, balance2: 1250n }, pair.signers[2])), "BAD_SIGNATURE");
+      const r = ok(ch[1], { type: "requestCooperativeClose" });
+      const terms = messageOf(r.effects, "CloseRequest").terms;
+      const confirm = (t: typeof terms, signer = pair.signers[2]): ChannelMessage => ({
+        type: "CloseConfirm",
+        channelId: pair.channelId,
+        terms: t,
+        signature: bytesToHex(signer.signDigest(cooperativeCloseDigestBytes(DOMAIN, t))),
+      });
+      rejected(r.channel, receive(confirm(terms, pair.mallory)), "BAD_SIGNATURE");
+      rejected(r.channel, receive(confirm({ ...terms, balance1: 1n })), "UNEXPECTED_MESSAGE");
+      rejected(ch[1], receive(confirm(terms)), "UNEXPECTED_MESSAGE");
+    });
+
+    it("completes when both sides ask at the same time", function () {
+      const ch = update(fresh(), 1, [pay(1n)]);
+      const r1 = ok(ch[1], { type: "requestCooperativeClose" });
+      const r2 = ok(ch[2], { type: "requestCooperativeClose" });
+      const m1 = messageOf(r1.effects, "CloseRequest");
+      const m2 = messageOf(r2.effects, "CloseRequest");
+      expect(m1.terms).to.deep.equal(m2.terms);
+      const a = ok(r1.channel, receive(m2));
+      const b = ok(r2.channel, receive(m1));
+      const ready = { type: "cooperativeCloseReady", terms: m1.terms, sig1: m1.signature, sig2: m2.signature };
+      expect(a.effects).to.deep.include(ready);
+      expect(b.effects).to.deep.include(ready);
+      expect(a.channel.closeTerms).to.deep.equal({ terms: m1.terms, sig1: m1.signature, sig2: m2.signature });
+      expect(b.channel.closeTerms).to.deep.equal(a.channel.closeTerms);
+      // ... but only with the partner's own signature on the same terms.
+      const forged = { ...m2, signature: bytesToHex(pair.mallory.signDigest(cooperativeCloseDigestBytes(DOMAIN, m2.terms))) };
+      rejected(r1.channel, receive(forged), "BAD_SIGNATURE");
+      const otherTerms = { ...m2.terms, balance1: m2.terms.balance1 - 1n, balance2: m2.terms.balance2 + 1n };
+      const different = { ...m2, terms: otherTerms, signature: bytesToHex(pair.signers[2].signDigest(cooperativeCloseDigestBytes(DOMAIN, otherTerms))) };
+      rejected(r1.channel, receive(different), "UNEXPECTED_MESSAGE");
+      // Once complete, a repeated request changes nothing.
+      rejected(a.channel, receive(m2), "NOT_OPEN");
+    });
+  });
+
+  describe("funding and chain events", function () {
+    it("a deposit seen on chain increases what can be paid", function () {
+      const c = pair.initial[1];
+      rejected(c, { type: "propose", ops: [pay(1200n)] }, "INSUFFICIENT_BALANCE");
+      const f = ok(c, { type: "fundingChanged", funding: { ...pair.funding, deposit1: 1500n } });
+      expect(f.effects).to.deep.equal([]);
+      expect(balances(f.channel)).to.deep.include({ mine: 1500n, availableMine: 1500n });
+      ok(f.channel, { type: "propose", ops: [pay(1200n)] });
+      // Totals only grow: an older event arriving late changes nothing.
+      const late = ok(f.channel, { type: "fundingChanged", funding: pair.funding });
+      expect(late.channel.funding).to.deep.equal(f.channel.funding);
+      // The partner accepts a payment the new deposit covers once it has seen it too.
+      const p = ok(f.channel, { type: "propose", ops: [pay(1200n)] });
+      const m = messageOf(p.effects, "Propose");
+      rejected(pair.initial[2], receive(m), "INSUFFICIENT_BALANCE");
+      const f2 = ok(pair.initial[2], { type: "fundingChanged", funding: { ...pair.funding, deposit1: 1500n } });
+      ok(f2.channel, receive(m));
+    });
+
+    it("a credit line counts for its side", function () {
+      const credit: Funding = { ...pair.funding, deposit2: 0n, credit: 5000n, creditSide: 2 };
+      const f = ok(pair.initial[2], { type: "fundingChanged", funding: credit });
+      expect(f.channel.funding.deposit2, "a deposit total never goes down").to.equal(1000n);
+      expect(balances(f.channel).availableMine).to.equal(6000n);
+      expect(capacity(f.channel.funding)).to.equal(7000n);
+    });
+
+    it("closed on chain: nothing more is proposed, a waiting proposal is forgotten", function () {
+      const p = ok(pair.initial[1], { type: "propose", ops: [pay(1n)] });
+      const closed = ok(p.channel, { type: "closedOnChain" });
+      expect(closed.channel.status).to.equal("closed");
+      expect(closed.channel.inflight).to.equal(null);
+      rejected(closed.channel, { type: "propose", ops: [pay(1n)] }, "NOT_OPEN");
+      rejected(closed.channel, { type: "requestWithdraw", amount: 1n, expiry: T0 + 60n }, "NOT_OPEN");
+      rejected(closed.channel, { type: "requestCooperativeClose" }, "NOT_OPEN");
+    });
+  });
+});
+
+function withdrawOf(side: Side, totalWithdraw: bigint): WithdrawRequest {
+  return { channelId: pair.channelId, participant: address(side), totalWithdraw, expiry: T0 + 600n };
+}
