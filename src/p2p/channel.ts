@@ -1,0 +1,183 @@
+/**
+ * Framed I/O over one libp2p stream: decodes incoming frames as they arrive and coalesces
+ * outgoing frames written in the same event-loop turn into one write (one yamux frame and one
+ * noise record instead of one per message, which is most of the pipelined throughput).
+ */
+import type { Stream } from "@libp2p/interface";
+import { FrameDecoder, FramingError, MalformedFrameError, lengthPrefixed, parseFrame, type Frame } from "./frames.js";
+import type { TransportLogger } from "./types.js";
+
+export interface FramedStreamInit {
+  stream: Stream;
+  maxFrameBytes: number;
+  logger: TransportLogger;
+  /** For log lines, e.g. "from 0xabc…". */
+  label: string;
+  /** `size` is the frame's encoded length. */
+  onFrame(frame: Frame, size: number): void;
+  /** The remote finished writing and every frame it sent was delivered; we may still write. */
+  onEnd(): void;
+  onClose(error: Error): void;
+}
+
+export class FramedStream {
+  readonly stream: Stream;
+  private readonly decoder: FrameDecoder;
+  private readonly init: FramedStreamInit;
+  private outQueue: Uint8Array[] = [];
+  private flushScheduled: NodeJS.Immediate | undefined;
+  private waitingForDrain = false;
+  private closed = false;
+
+  constructor(init: FramedStreamInit) {
+    this.init = init;
+    this.stream = init.stream;
+    this.decoder = new FrameDecoder(init.maxFrameBytes);
+    this.stream.addEventListener("message", (evt) => this.onData(evt.data.subarray()));
+    this.stream.addEventListener("close", (evt) => this.finish(evt.error ?? new Error("stream closed")));
+    this.stream.addEventListener("end", () => {
+      if (this.closed) return;
+      try {
+        this.init.onEnd();
+      } catch (err) {
+        this.abort(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+    if (this.stream.status !== "open") queueMicrotask(() => this.finish(new Error(`stream is ${this.stream.status}`)));
+  }
+
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** Queues a frame (already length-prefixed) for the next flush. False if the stream is gone. */
+  write(prefixed: Uint8Array): boolean {
+    if (this.closed) return false;
+    this.outQueue.push(prefixed);
+    if (this.flushScheduled === undefined && !this.waitingForDrain) this.flushScheduled = setImmediate(this.flush);
+    return true;
+  }
+
+  writeFrame(payload: Uint8Array): boolean {
+    return this.write(lengthPrefixed(payload));
+  }
+
+  pause(): void {
+    if (this.closed) return;
+    try {
+      this.stream.pause();
+    } catch {
+      // closing already; the close event finishes us
+    }
+  }
+
+  resume(): void {
+    if (this.closed) return;
+    try {
+      this.stream.resume();
+    } catch {
+      // closing already; the close event finishes us
+    }
+  }
+
+  /** Resets the stream (the remote sees it as aborted) and reports `reason` to onClose. */
+  abort(reason: Error): void {
+    if (this.closed) return;
+    this.finish(reason);
+    try {
+      this.stream.abort(reason);
+    } catch {
+      // already gone
+    }
+  }
+
+  /** Sends what is queued, then closes our writing end. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.flushNow();
+    this.finish(new Error("stream closed locally"));
+    try {
+      await this.stream.close({ signal: AbortSignal.timeout(1000) });
+    } catch {
+      try {
+        this.stream.abort(new Error("close timed out"));
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = undefined;
+    this.flushNow();
+  };
+
+  private flushNow(): void {
+    if (this.flushScheduled !== undefined) {
+      clearImmediate(this.flushScheduled);
+      this.flushScheduled = undefined;
+    }
+    if (this.closed || this.outQueue.length === 0 || this.waitingForDrain) return;
+    const chunk = this.outQueue.length === 1 ? this.outQueue[0]! : Buffer.concat(this.outQueue);
+    this.outQueue = [];
+    let more: boolean;
+    try {
+      more = this.stream.send(chunk);
+    } catch (err) {
+      this.finish(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    if (!more) {
+      // Keep later frames here until the muxer has room instead of growing its buffer.
+      this.waitingForDrain = true;
+      this.stream.onDrain().then(
+        () => {
+          this.waitingForDrain = false;
+          if (this.outQueue.length > 0 && this.flushScheduled === undefined) this.flushScheduled = setImmediate(this.flush);
+        },
+        () => {
+          this.waitingForDrain = false;
+        },
+      );
+    }
+  }
+
+  // Runs inside libp2p's event dispatch, where a throw would surface as an uncaught exception.
+  private onData(chunk: Uint8Array): void {
+    if (this.closed) return;
+    try {
+      for (const payload of this.decoder.push(chunk)) {
+        let frame: Frame;
+        try {
+          frame = parseFrame(payload);
+        } catch (err) {
+          if (!(err instanceof MalformedFrameError)) throw err;
+          this.init.logger.warn(`p2p: dropped malformed frame ${this.init.label}: ${err.message}`);
+          continue;
+        }
+        if (this.closed) return;
+        this.init.onFrame(frame, payload.length);
+      }
+    } catch (err) {
+      const error = err instanceof Error ? err : new Error(String(err));
+      if (err instanceof FramingError) this.init.logger.warn(`p2p: closing stream ${this.init.label}: ${error.message}`);
+      else this.init.logger.error(`p2p: closing stream ${this.init.label} after an internal error: ${error.stack ?? error.message}`);
+      this.abort(error);
+    }
+  }
+
+  private finish(error: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.flushScheduled !== undefined) {
+      clearImmediate(this.flushScheduled);
+      this.flushScheduled = undefined;
+    }
+    this.outQueue = [];
+    try {
+      this.init.onClose(error);
+    } catch (err) {
+      this.init.logger.error(`p2p: close handler failed ${this.init.label}: ${String(err)}`);
+    }
+  }
+}
