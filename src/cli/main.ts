@@ -1,6 +1,7 @@
 /** The `starling` command line. */
 import { Command } from "commander";
 import { registerDevnet } from "./devnet.js";
+import { registerNodeCommands } from "./node-commands.js";
 
 export function buildProgram(): Command {
   const program = new Command()
@@ -8,6 +9,7 @@ export function buildProgram(): Command {
     .description("Starling: payment-channel accounts for ERC20 tokens (hub-and-spoke RSMC channels with HTLC transfers)")
     .showHelpAfterError();
   registerDevnet(program);
+  registerNodeCommands(program);
   return program;
 }
 

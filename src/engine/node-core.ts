@@ -13,6 +13,7 @@
  *   channel `send`             -> Outbound to the partner
  *   channel `updated`          -> transfer `channelUpdated`
  *   channel `proposalDropped`  -> transfer `proposalDropped`
+ *   channel `proposalRejected` -> transfer `proposalFailed` (a CONFLICT: `proposalDropped`, retry)
  *   transfer `propose`         -> channel `propose` (refused -> transfer `proposalFailed`)
  *   transfer `sendTransfer`    -> Outbound to the next hop towards the final recipient
  * Messages addressed past this node are relayed (after the transfer layer has looked at them:
@@ -334,6 +335,10 @@ export class NodeCore {
         this.#transfer(step, { type: "channelUpdated", channelId: id, nonce: e.nonce, byMe: e.proposer === c.config.me, ops: e.ops });
       } else if (e.type === "proposalDropped") {
         this.#transfer(step, { type: "proposalDropped", channelId: id, ops: e.ops });
+      } else if (e.type === "proposalRejected") {
+        // A conflict only means "not now": propose the same operations again.
+        if (e.error.code === "CONFLICT") this.#transfer(step, { type: "proposalDropped", channelId: id, ops: e.ops });
+        else this.#transfer(step, { type: "proposalFailed", channelId: id, ops: e.ops, error: e.error });
       }
     }
     return null;

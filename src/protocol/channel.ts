@@ -115,7 +115,14 @@ export interface ChannelData {
   inflight: Inflight | null;
   withdraws: PendingWithdraw[];
   /** Cooperative close terms once this node has signed them: no further update is accepted. */
-  closeTerms: { terms: CooperativeCloseTerms; sig1: Hex | null; sig2: Hex | null } | null;
+  closeTerms: { terms: CooperativeCloseTerms; sig1: Hex | null; sig2: Hex | null; sentAt: bigint } | null;
+  /**
+   * Highest nonce used by a proposal that was rejected. A nonce is never signed twice with
+   * different content, so the next proposal goes above it (see `Reject`).
+   */
+  burnt: bigint;
+  /** Side 2 waits until then before proposing again after a conflict, so side 1 goes first. */
+  backoffUntil: bigint;
 }
 
 /** Limits a node enforces on what it accepts. */
@@ -154,6 +161,8 @@ export type ChannelMessage =
   | { type: "Propose"; channelId: Hex; state: ChannelState; ops: Op[]; signature: StateSignature }
   | { type: "Countersign"; channelId: Hex; nonce: bigint; signature: StateSignature }
   | { type: "Revoke"; channelId: Hex; nonce: bigint; signature: StateSignature }
+  /** A refused proposal: both sides burn its nonce; the proposer drops it and may propose again. */
+  | { type: "Reject"; channelId: Hex; nonce: bigint; code: ChannelErrorCode; reason: string }
   | { type: "WithdrawRequest"; channelId: Hex; request: WithdrawRequest; signature: Hex }
   | { type: "WithdrawConfirm"; channelId: Hex; request: WithdrawRequest; signature: Hex }
   | { type: "CloseRequest"; channelId: Hex; terms: CooperativeCloseTerms; signature: Hex }
@@ -177,6 +186,8 @@ export type ChannelEffect =
   | { type: "updated"; nonce: bigint; proposer: Side; ops: Op[] }
   /** This node's proposal was dropped in favour of the partner's; its ops may be proposed again. */
   | { type: "proposalDropped"; ops: Op[] }
+  /** The partner refused this node's proposal; `error.code` CONFLICT means "try again". */
+  | { type: "proposalRejected"; ops: Op[]; error: ChannelError }
   | { type: "withdrawReady"; withdraw: PendingWithdraw }
   | { type: "cooperativeCloseReady"; terms: CooperativeCloseTerms; sig1: Hex; sig2: Hex };
 
@@ -247,8 +258,20 @@ export function newChannel(config: ChannelConfig, funding: Funding): ChannelData
     inflight: null,
     withdraws: [],
     closeTerms: null,
+    burnt: 0n,
+    backoffUntil: 0n,
   };
 }
+
+/** The nonce the next proposal of either side must carry. */
+export function nextNonce(c: ChannelData): bigint {
+  return (c.latest.state.nonce > c.burnt ? c.latest.state.nonce : c.burnt) + 1n;
+}
+
+/** Seconds side 2 yields to side 1 after both proposed the same nonce. */
+export const CONFLICT_BACKOFF_SECONDS = 2n;
+/** Seconds between re-sends of an unanswered cooperative close request. */
+export const CLOSE_RESEND_SECONDS = 5n;
 
 // ------------------------------------------------------------------ balances
 
@@ -313,7 +336,7 @@ const bad = (code: ChannelErrorCode, message: string): Applied => ({ ok: false, 
 
 /**
  * Applies `ops`, proposed by `proposer`, to the newest signed state; validates each one. The
- * result's nonce is latest + 1. Pure; used by both the proposer and the countersigner, so both
+ * result's nonce is `nextNonce(c)`. Pure; used by both the proposer and the countersigner, so both
  * compute the same state.
  */
 export function applyOps(c: ChannelData, ops: readonly Op[], proposer: Side, deps: Deps): Applied {
@@ -401,7 +424,7 @@ export function applyOps(c: ChannelData, ops: readonly Op[], proposer: Side, dep
   }
   const state: ChannelState = {
     channelId: base.channelId,
-    nonce: base.nonce + 1n,
+    nonce: nextNonce(c),
     sent1,
     sent2,
     locked1,
@@ -484,6 +507,7 @@ function propose(c: ChannelData, ops: Op[], deps: Deps): Transition {
   if (c.status !== "open" || c.closeTerms) return fail("NOT_OPEN", `channel is ${c.status}`);
   if (c.inflight) return fail("BUSY", "a proposal is already waiting for the partner");
   const me = c.config.me;
+  if (deps.now < c.backoffUntil) return fail("BUSY", "yielding to the partner after a conflict");
   const applied = applyOps(c, ops, me, deps);
   if (!applied.ok) return applied;
   // Holding the fully signed latest, this node may revoke everything before it.
@@ -505,6 +529,8 @@ function receive(c: ChannelData, m: ChannelMessage, deps: Deps): Transition {
       return receiveCountersign(c, m, deps);
     case "Revoke":
       return receiveRevoke(c, m, deps);
+    case "Reject":
+      return receiveReject(c, m);
     case "WithdrawRequest":
       return receiveWithdrawRequest(c, m, deps);
     case "WithdrawConfirm":
@@ -517,45 +543,76 @@ function receive(c: ChannelData, m: ChannelMessage, deps: Deps): Transition {
 }
 
 function receivePropose(c: ChannelData, m: Extract<ChannelMessage, { type: "Propose" }>, deps: Deps): Transition {
-  if (c.status !== "open" || c.closeTerms) return fail("NOT_OPEN", `channel is ${c.status}`);
   const me = c.config.me;
   const them = other(me);
-  const expectedNonce = c.latest.state.nonce + 1n;
+  const expectedNonce = nextNonce(c);
   if (m.state.nonce !== expectedNonce) {
     return fail("BAD_NONCE", `proposal nonce ${m.state.nonce}, expected ${expectedNonce}`);
   }
-  if (c.inflight && me === 1) {
-    return fail("CONFLICT", "both sides proposed the same nonce; side 1's proposal wins");
+  if (m.state.channelId !== c.config.channelId) return fail("WRONG_CHANNEL", "the proposed state names another channel");
+  let stateHash: Hex;
+  try {
+    stateHash = hashState(m.state);
+  } catch {
+    return fail("STATE_MISMATCH", "the proposed state is malformed");
   }
-  const applied = applyOps(c, m.ops, them, deps);
-  if (!applied.ok) return applied;
-  if (!sameState(applied.state, m.state)) {
-    return fail("STATE_MISMATCH", "the proposed state is not what its operations produce");
-  }
-  const stateHash = hashState(m.state);
-  if (!verifyUpdate(c, stateHash, m.signature, participant(c, them), deps)) {
+  if (!Array.isArray(m.ops) || !verifyUpdate(c, stateHash, m.signature, participant(c, them), deps)) {
     return fail("BAD_SIGNATURE", "the proposal is not signed by the partner");
   }
-  const effects: ChannelEffect[] = [];
-  if (c.inflight) effects.push({ type: "proposalDropped", ops: c.inflight.ops });
+  // From here on the proposal is authentic: refusing it burns its nonce on both sides, so that
+  // neither ever signs two different states with one nonce.
+  if (c.inflight) return rejectProposal(c, m.state.nonce, "CONFLICT", "both sides proposed the same nonce", deps);
+  if (c.status !== "open" || c.closeTerms) return rejectProposal(c, m.state.nonce, "NOT_OPEN", `channel is ${c.status}`, deps);
+  const applied = applyOps(c, m.ops, them, deps);
+  if (!applied.ok) return rejectProposal(c, m.state.nonce, applied.error.code, applied.error.message, deps);
+  if (!sameState(applied.state, m.state)) {
+    return rejectProposal(c, m.state.nonce, "STATE_MISMATCH", "the proposed state is not what its operations produce", deps);
+  }
   // Countersign and revoke the previous state in one signature.
   const revokedBelow = m.state.nonce;
   const mySig = signUpdate(c, m.state, revokedBelow, deps);
   const signed = withSig(withSig({ state: m.state, locks: applied.locks, sig1: null, sig2: null }, them, m.signature), me, mySig);
-  effects.push(
-    { type: "send", message: { type: "Countersign", channelId: c.config.channelId, nonce: m.state.nonce, signature: mySig } },
-    { type: "updated", nonce: m.state.nonce, proposer: them, ops: m.ops },
-  );
   return {
     ok: true,
     channel: {
       ...c,
       latest: signed,
-      inflight: null,
       myRevokedBelow: revokedBelow,
       partnerRevocation: notePartnerRevocation(c, m.signature, stateHash),
+      backoffUntil: 0n,
     },
-    effects,
+    effects: [
+      { type: "send", message: { type: "Countersign", channelId: c.config.channelId, nonce: m.state.nonce, signature: mySig } },
+      { type: "updated", nonce: m.state.nonce, proposer: them, ops: m.ops },
+    ],
+  };
+}
+
+/**
+ * Refuses an authentic proposal: burns its nonce and tells the proposer. On a conflict (both
+ * proposed this nonce) each side rejects the other's; side 2 then yields for a moment so that
+ * side 1's retry goes first.
+ */
+function rejectProposal(c: ChannelData, nonce: bigint, code: ChannelErrorCode, reason: string, deps: Deps): Transition {
+  const backoffUntil = code === "CONFLICT" && c.config.me === 2 ? deps.now + CONFLICT_BACKOFF_SECONDS : c.backoffUntil;
+  return {
+    ok: true,
+    channel: { ...c, burnt: nonce > c.burnt ? nonce : c.burnt, backoffUntil },
+    effects: [{ type: "send", message: { type: "Reject", channelId: c.config.channelId, nonce, code, reason } }],
+  };
+}
+
+function receiveReject(c: ChannelData, m: Extract<ChannelMessage, { type: "Reject" }>): Transition {
+  const inflight = c.inflight;
+  if (!inflight || typeof m.nonce !== "bigint" || inflight.next.state.nonce !== m.nonce) {
+    return fail("UNEXPECTED_MESSAGE", `no proposal with nonce ${String(m.nonce)} is waiting`);
+  }
+  const code: ChannelErrorCode = typeof m.code === "string" ? m.code : "STATE_MISMATCH";
+  const reason = typeof m.reason === "string" ? m.reason.slice(0, 500) : "";
+  return {
+    ok: true,
+    channel: { ...c, inflight: null, burnt: m.nonce > c.burnt ? m.nonce : c.burnt },
+    effects: [{ type: "proposalRejected", ops: inflight.ops, error: { code, message: `the partner refused: ${reason}` } }],
   };
 }
 
@@ -627,8 +684,17 @@ function fundingChanged(c: ChannelData, f: Funding): Transition {
 function tick(c: ChannelData, deps: Deps): Transition {
   const cutoff = deps.now - deps.policy.withdrawExpiryMargin;
   const withdraws = c.withdraws.filter((w) => w.request.expiry >= cutoff);
-  if (withdraws.length === c.withdraws.length) return { ok: true, channel: c, effects: [] };
-  return { ok: true, channel: { ...c, withdraws }, effects: [] };
+  let next = withdraws.length === c.withdraws.length ? c : { ...c, withdraws };
+  const effects: ChannelEffect[] = [];
+  // A close request the partner could not answer yet (it was busy) is asked again.
+  const close = c.closeTerms;
+  const mine = close && (c.config.me === 1 ? close.sig1 : close.sig2);
+  const theirs = close && (c.config.me === 1 ? close.sig2 : close.sig1);
+  if (close && mine && !theirs && c.status === "closing" && deps.now >= close.sentAt + CLOSE_RESEND_SECONDS) {
+    next = { ...next, closeTerms: { ...close, sentAt: deps.now } };
+    effects.push({ type: "send", message: { type: "CloseRequest", channelId: c.config.channelId, terms: close.terms, signature: mine } });
+  }
+  return { ok: true, channel: next, effects };
 }
 
 // ------------------------------------------------------------------ withdraw
@@ -744,7 +810,11 @@ function requestCooperativeClose(c: ChannelData, deps: Deps): Transition {
   const me = c.config.me;
   return {
     ok: true,
-    channel: { ...c, status: "closing", closeTerms: { terms, sig1: me === 1 ? signature : null, sig2: me === 2 ? signature : null } },
+    channel: {
+      ...c,
+      status: "closing",
+      closeTerms: { terms, sig1: me === 1 ? signature : null, sig2: me === 2 ? signature : null, sentAt: deps.now },
+    },
     effects: [{ type: "send", message: { type: "CloseRequest", channelId: c.config.channelId, terms, signature } }],
   };
 }
@@ -770,7 +840,7 @@ function receiveCloseRequest(c: ChannelData, m: Extract<ChannelMessage, { type: 
   const sig2 = them === 2 ? m.signature : mine;
   return {
     ok: true,
-    channel: { ...c, status: "closing", closeTerms: { terms, sig1, sig2 } },
+    channel: { ...c, status: "closing", closeTerms: { terms, sig1, sig2, sentAt: deps.now } },
     effects: [
       { type: "send", message: { type: "CloseConfirm", channelId: c.config.channelId, terms, signature: mine } },
       { type: "cooperativeCloseReady", terms, sig1, sig2 },
@@ -793,7 +863,7 @@ function receiveCloseConfirm(c: ChannelData, m: Extract<ChannelMessage, { type: 
   if (!sig1 || !sig2) return fail("UNEXPECTED_MESSAGE", "close signatures incomplete");
   return {
     ok: true,
-    channel: { ...c, closeTerms: { terms: pending.terms, sig1, sig2 } },
+    channel: { ...c, closeTerms: { terms: pending.terms, sig1, sig2, sentAt: pending.sentAt } },
     effects: [{ type: "cooperativeCloseReady", terms: pending.terms, sig1, sig2 }],
   };
 }

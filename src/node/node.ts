@@ -1,0 +1,705 @@
+/**
+ * The Starling node: the composition root that wires the pure engine (src/engine/node-core.ts)
+ * to LevelDB, libp2p, the chain and the JSON-RPC server.
+ *
+ * Order that keeps funds safe, for every engine step: apply the input in memory -> write the
+ * changed channels, the transfer state and the outgoing messages in ONE atomic batch -> only
+ * after that batch is durable, send the messages and act on events. A message received from a
+ * peer is acknowledged only after the step it caused is durable.
+ */
+import { randomBytes } from "node:crypto";
+import { EventEmitter } from "node:events";
+import { mkdirSync } from "node:fs";
+import { Wallet, type JsonRpcProvider } from "ethers";
+import type { Logger } from "pino";
+import { connectProvider, readDeployment, type Deployment } from "../chain/deploy.js";
+import { ChannelsClient, type ChannelInfo } from "../chain/adapter.js";
+import { ChainEvents, type ChainEvent } from "../chain/events.js";
+import { ChainError } from "../chain/errors.js";
+import { dataPath, type Config } from "../config.js";
+import { NodeCore, type NodeInput, type StepResult, type NodeEvent, type Envelope } from "../engine/node-core.js";
+import {
+  balances as channelBalances,
+  newChannel,
+  share,
+  type ChannelData,
+  type Funding,
+  type Side,
+} from "../protocol/channel.js";
+import { normalizeAddress, orderParticipants } from "../protocol/eip712.js";
+import type { Address, Hex } from "../protocol/types.js";
+import type { OutgoingPayment, IncomingPayment } from "../protocol/transfer.js";
+import { loadBackend, type Secp256k1Backend, type Signer } from "../signer/index.js";
+import { LevelStore, type Batch, type Store } from "../store/index.js";
+import { createTransport, type P2PTransport } from "../p2p/index.js";
+import { transferStateFromPlain, transferStateToPlain, type StoredTransferState } from "./persist.js";
+import { NodeError } from "./errors.js";
+
+const TRANSFERS_KEY = "transfers";
+const CURSOR_KEY = "chainCursor";
+const PEERS_KEY = "peers";
+
+export interface NodeStartOptions {
+  config: Config;
+  /** The node's Ethereum key (from the keystore). */
+  privateKey: Uint8Array;
+  logger: Logger;
+  /** Secp256k1 implementation; 'auto' (native if it loads) by default. */
+  backend?: Secp256k1Backend;
+  /** Seconds; the node's clock (tests may shift it). */
+  clock?: () => bigint;
+}
+
+export interface NodeEvents {
+  paymentReceived: [IncomingPayment];
+  paymentSent: [OutgoingPayment];
+  paymentFailed: [OutgoingPayment | IncomingPayment];
+  channelChanged: [ChannelSummary];
+}
+
+export interface ChannelSummary {
+  channelId: Hex;
+  partner: Address;
+  status: ChannelData["status"];
+  nonce: bigint;
+  /** This node's definite balance. */
+  balance: bigint;
+  partnerBalance: bigint;
+  locked: bigint;
+  partnerLocked: bigint;
+  available: bigint;
+  deposit: bigint;
+  partnerDeposit: bigint;
+  withdrawn: bigint;
+  partnerWithdrawn: bigint;
+  credit: bigint;
+  creditSide: "me" | "partner" | "none";
+}
+
+const unixNow = (): bigint => BigInt(Math.floor(Date.now() / 1000));
+
+export class StarlingNode {
+  readonly events = new EventEmitter<NodeEvents>();
+  readonly address: Address;
+  readonly role: Config["role"];
+  private readonly log: Logger;
+  private readonly store: Store;
+  private readonly provider: JsonRpcProvider;
+  private readonly deployment: Deployment;
+  private readonly chainClient: ChannelsClient;
+  private readonly chainEvents: ChainEvents;
+  private readonly transport: P2PTransport;
+  private readonly core: NodeCore;
+  private readonly signer: Signer;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private watchTimer: NodeJS.Timeout | undefined;
+  /** Steps run one at a time; their commits are issued in order and sends wait for them. */
+  private stepChain: Promise<unknown> = Promise.resolve();
+  private stopped = false;
+  private readonly hubs = new Set<Address>();
+  /** Chain work per channel (settle, unlock) already in progress. */
+  private readonly chainBusy = new Set<string>();
+
+  private constructor(
+    private readonly config: Config,
+    parts: {
+      log: Logger;
+      store: Store;
+      provider: JsonRpcProvider;
+      deployment: Deployment;
+      chainClient: ChannelsClient;
+      transport: P2PTransport;
+      core: NodeCore;
+      signer: Signer;
+      cursorStart: number | undefined;
+    },
+  ) {
+    this.log = parts.log;
+    this.store = parts.store;
+    this.provider = parts.provider;
+    this.deployment = parts.deployment;
+    this.chainClient = parts.chainClient;
+    this.transport = parts.transport;
+    this.core = parts.core;
+    this.signer = parts.signer;
+    this.address = normalizeAddress(parts.signer.address);
+    this.role = config.role;
+    for (const p of config.p2p.peers) this.hubs.add(normalizeAddress(p.address));
+    this.chainEvents = new ChainEvents({
+      provider: this.provider,
+      deployment: this.deployment,
+      confirmations: config.chain.confirmations,
+      pollIntervalMs: config.chain.pollIntervalMs,
+      involving: this.address,
+      knownChannels: () => this.core.channels().map((c) => c.config.channelId),
+      cursor: {
+        load: async () => (await this.store.getMeta<number>(CURSOR_KEY)) ?? parts.cursorStart,
+        save: (block) => this.store.commit({ meta: [{ key: CURSOR_KEY, value: block }] }).then(() => undefined),
+      },
+      handler: (e) => this.onChainEvent(e),
+      onError: (err) => this.log.warn({ err: String(err) }, "chain event scan failed; retrying"),
+    });
+  }
+
+  /** Opens the store, restores the engine, starts p2p, the chain scanner and the timers. */
+  static async start(opts: NodeStartOptions): Promise<StarlingNode> {
+    const { config, logger } = opts;
+    const backend = opts.backend ?? (await loadBackend("auto"));
+    const signer = backend.createSigner(opts.privateKey);
+    mkdirSync(config.dataDir, { recursive: true });
+    const deployment = readDeployment(dataPath(config, config.chain.deployment));
+    const rpcUrl = config.chain.rpcUrl;
+    const provider = connectProvider(rpcUrl, config.chain.pollIntervalMs);
+    const network = await provider.getNetwork();
+    if (Number(network.chainId) !== deployment.chainId) {
+      throw new Error(`chain ${rpcUrl} has chain id ${network.chainId}, the deployment file says ${deployment.chainId}`);
+    }
+    const store = new LevelStore(dataPath(config, "db"));
+    await store.open();
+    try {
+      const channels = await store.listChannels<ChannelData>();
+      const plain = await store.getMeta<StoredTransferState>(TRANSFERS_KEY);
+      const clock = opts.clock ?? unixNow;
+      const core = new NodeCore({
+        signer,
+        verifier: backend.verifier,
+        clock,
+        channels: channels.filter((c) => c.status !== "closed"),
+        ...(plain ? { transfers: transferStateFromPlain(plain) } : {}),
+      });
+      const wallet = new Wallet(Buffer.from(opts.privateKey).toString("hex"), provider);
+      const chainClient = ChannelsClient.connect(deployment, wallet, { confirmations: config.chain.confirmations });
+      // The libp2p identity comes from a seed kept in the store, so the peer id survives restarts.
+      const p2pSeed = (await store.getMeta<string>("p2pSeed")) ?? randomBytes(32).toString("hex");
+      await store.commit({ meta: [{ key: "p2pSeed", value: p2pSeed }] });
+      const transport = createTransport({
+        listen: config.p2p.listen,
+        signer,
+        verifier: backend.verifier,
+        privateKey: Buffer.from(p2pSeed, "hex"),
+        logger: {
+          info: (m, ...a) => logger.debug({ p2p: a }, m),
+          warn: (m, ...a) => logger.warn({ p2p: a }, m),
+          error: (m, ...a) => logger.error({ p2p: a }, m),
+        },
+      });
+      const node = new StarlingNode(config, {
+        log: logger,
+        store,
+        provider,
+        deployment,
+        chainClient,
+        transport,
+        core,
+        signer,
+        cursorStart: deployment.deployBlock > 0 ? deployment.deployBlock - 1 : undefined,
+      });
+      await node.startServices();
+      return node;
+    } catch (err) {
+      await store.close();
+      provider.destroy();
+      throw err;
+    }
+  }
+
+  private async startServices(): Promise<void> {
+    this.transport.onMessage((from, message) => this.onPeerMessage(from, message));
+    this.transport.onPeer((address, event) => {
+      this.log.info({ peer: address, event }, "peer");
+      if (event === "connected") void this.flushOutbox(address);
+    });
+    await this.transport.start();
+    const known = (await this.store.getMeta<{ address: string; multiaddrs: string[] }[]>(PEERS_KEY)) ?? [];
+    for (const p of [...this.config.p2p.peers, ...known]) {
+      this.transport.connect(p.address, p.multiaddrs).catch((err: unknown) => {
+        this.log.warn({ peer: p.address, err: String(err) }, "peer not reachable yet; will retry");
+      });
+    }
+    await this.chainEvents.start();
+    this.tickTimer = setInterval(() => void this.step({ type: "tick" }).catch((e: unknown) => this.log.error({ err: String(e) }, "tick failed")), 1_000);
+    this.watchTimer = setInterval(() => void this.watchClosedChannels(), Math.max(1_000, this.config.chain.pollIntervalMs * 2));
+    this.log.info({ address: this.address, role: this.role, p2p: this.transport.multiaddrs }, "node started");
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.tickTimer);
+    clearInterval(this.watchTimer);
+    await this.chainEvents.stop();
+    await this.stepChain.catch(() => undefined);
+    await this.transport.stop();
+    await this.store.close();
+    this.provider.destroy();
+    this.log.info("node stopped");
+  }
+
+  // ------------------------------------------------------------------ the step
+
+  /**
+   * Runs one engine step: in memory, then one atomic commit, then sends and events. Steps are
+   * serialised so their commits and sends keep the engine's order.
+   */
+  step(input: NodeInput): Promise<StepResult> {
+    const run = async (): Promise<StepResult> => {
+      const r = this.core.handle(input);
+      const batch: Batch = {
+        channels: r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c })),
+        outboxAdd: r.send.map((o) => ({ peer: o.to, message: o.envelope })),
+      };
+      if (r.persist.transfers) batch.meta = [{ key: TRANSFERS_KEY, value: transferStateToPlain(r.persist.transfers) }];
+      const empty = !batch.channels?.length && !batch.outboxAdd?.length && !batch.meta;
+      const { outboxSeqs } = empty ? { outboxSeqs: [] as bigint[] } : await this.store.commit(batch);
+      r.send.forEach((o, i) => void this.sendOutbox(o.to, outboxSeqs[i]!, o.envelope));
+      for (const e of r.events) this.onEngineEvent(e);
+      for (const a of r.chain) {
+        if (a.type === "registerSecret") void this.chainTask(`secret:${a.secretHash}`, () => this.chainClient.registerSecret(a.secret));
+      }
+      for (const rej of r.rejected) this.log.debug({ during: rej.during, code: rej.error.code }, rej.error.message);
+      if (r.persist.channels.length > 0) for (const c of r.persist.channels) this.events.emit("channelChanged", this.summary(c));
+      return r;
+    };
+    const next = this.stepChain.then(run, run);
+    this.stepChain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async sendOutbox(peer: Address, seq: bigint, envelope: Envelope): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.transport.send(peer, envelope);
+      await this.store.commit({ outboxAck: [{ peer, seq }] });
+    } catch (err) {
+      // Stays in the outbox; re-sent when the peer (re)connects.
+      this.log.debug({ peer, seq: seq.toString(), err: String(err) }, "message not acknowledged yet");
+    }
+  }
+
+  private async flushOutbox(peer: Address): Promise<void> {
+    const pending = await this.store.listOutbox<Envelope>(peer);
+    for (const p of pending) await this.sendOutbox(peer, p.seq, p.message);
+  }
+
+  private async onPeerMessage(from: Address, message: unknown): Promise<void> {
+    if (typeof message !== "object" || message === null || !("kind" in message)) {
+      this.log.warn({ peer: from }, "dropped a message that is not an envelope");
+      return;
+    }
+    const r = await this.step({ type: "deliver", from, envelope: message as Envelope });
+    if (!r.ok && r.error) this.log.debug({ peer: from, code: r.error.code }, r.error.message);
+  }
+
+  private onEngineEvent(e: NodeEvent): void {
+    switch (e.type) {
+      case "paymentReceived":
+        this.events.emit("paymentReceived", e.payment);
+        break;
+      case "paymentSent":
+        this.events.emit("paymentSent", e.payment);
+        break;
+      case "paymentFailed":
+        this.events.emit("paymentFailed", e.payment);
+        break;
+      case "withdrawReady": {
+        const c = this.core.channel(e.channelId);
+        if (!c || e.withdraw.side !== c.config.me) break;
+        const partner = this.partnerOf(c);
+        const [mine, theirs] = c.config.me === 1 ? [e.withdraw.sig1!, e.withdraw.sig2!] : [e.withdraw.sig2!, e.withdraw.sig1!];
+        void this.chainTask(`withdraw:${e.channelId}:${e.withdraw.request.totalWithdraw}`, () =>
+          this.chainClient.withdraw(e.withdraw.request, partner, mine, theirs),
+        );
+        break;
+      }
+      case "cooperativeCloseReady": {
+        const c = this.core.channel(e.channelId);
+        if (!c) break;
+        void this.chainTask(`close:${e.channelId}`, () =>
+          this.chainClient.cooperativeClose(e.terms, c.config.participant1, c.config.participant2, e.sig1, e.sig2),
+        );
+        break;
+      }
+      case "channelUpdated":
+        break;
+    }
+  }
+
+  /** Runs one chain transaction per key at a time; failures are logged (the watcher retries). */
+  private async chainTask(key: string, work: () => Promise<unknown>): Promise<void> {
+    if (this.chainBusy.has(key) || this.stopped) return;
+    this.chainBusy.add(key);
+    try {
+      await work();
+      this.log.info({ task: key }, "chain transaction confirmed");
+    } catch (err) {
+      const detail = err instanceof ChainError ? `${err.code}${err.errorName ? ` ${err.errorName}` : ""}` : String(err);
+      this.log.warn({ task: key, err: detail }, "chain transaction failed");
+    } finally {
+      this.chainBusy.delete(key);
+    }
+  }
+
+  // ------------------------------------------------------------------ chain events
+
+  private async onChainEvent(e: ChainEvent): Promise<void> {
+    switch (e.type) {
+      case "ChannelOpened":
+        await this.adoptChannel(e.channelId as Hex, e.participant1 as Address, e.participant2 as Address);
+        break;
+      case "Deposited":
+      case "CreditGranted":
+      case "Withdrawn":
+        await this.refreshFunding(e.channelId as Hex);
+        break;
+      case "ChannelClosed":
+        await this.onClosed(e.channelId as Hex, normalizeAddress(e.closer), BigInt(e.nonce));
+        break;
+      case "CooperativelyClosed":
+      case "ChannelPenalized":
+        await this.markClosed(e.channelId as Hex);
+        break;
+      case "SecretRevealed":
+      case "StateUpdated":
+      case "ChannelSettled":
+      case "LocksUnlocked":
+      case "CreditLimitSet":
+        break;
+    }
+  }
+
+  private async adoptChannel(channelId: Hex, p1raw: Address, p2raw: Address): Promise<void> {
+    const p1 = normalizeAddress(p1raw);
+    const p2 = normalizeAddress(p2raw);
+    if (p1 !== this.address && p2 !== this.address) return;
+    if (this.core.channel(channelId)) return;
+    const me: Side = p1 === this.address ? 1 : 2;
+    const partner = me === 1 ? p2 : p1;
+    const info = await this.chainClient.getChannel(p1, p2);
+    if (info.id.toLowerCase() !== channelId.toLowerCase() || info.phase !== "open") return;
+    const c = newChannel(
+      { channelId: info.id, domain: this.chainClient.domain, participant1: p1, participant2: p2, me },
+      fundingOf(info),
+    );
+    this.core.addChannel(c);
+    await this.store.commit({ channels: [{ channelId: c.config.channelId, record: c }] });
+    this.events.emit("channelChanged", this.summary(c));
+    this.log.info({ channelId, partner }, "channel opened");
+    if (this.role === "hub" && !this.hubs.has(partner)) void this.fundUserChannel(c.config.channelId, partner);
+  }
+
+  /** A hub funds a new user channel per its configuration: credit (issuer mode) or a deposit. */
+  private async fundUserChannel(channelId: Hex, user: Address): Promise<void> {
+    if (this.deployment.mode === "issuer") {
+      const limit = await this.chainClient.creditLimit(this.address);
+      const credit = this.config.hub.creditPerChannel < limit ? this.config.hub.creditPerChannel : limit;
+      if (credit > 0n) await this.chainTask(`credit:${channelId}`, () => this.chainClient.grantCredit(channelId, user, credit));
+      else this.log.warn("issuer mode but this hub has no credit limit: ask the issuer to set one");
+    } else if (this.config.hub.depositPerChannel > 0n) {
+      await this.chainTask(`deposit:${channelId}`, () =>
+        this.chainClient.approveAndDeposit(channelId, user, this.config.hub.depositPerChannel),
+      );
+    }
+  }
+
+  private async refreshFunding(channelId: Hex): Promise<void> {
+    const c = this.core.channel(channelId);
+    if (!c) return;
+    const info = await this.chainClient.getChannel(c.config.participant1, c.config.participant2);
+    await this.step({ type: "channel", channelId, input: { type: "fundingChanged", funding: fundingOf(info) } });
+  }
+
+  /**
+   * The watcher's reaction to a close: a partner that closed with a revoked state is penalised;
+   * one that closed with an older, unrevoked state is answered with the newer one. Settling
+   * after the period and unlocking happen in `watchClosedChannels`.
+   */
+  private async onClosed(channelId: Hex, closer: Address, closedNonce: bigint): Promise<void> {
+    const c = this.core.channel(channelId) ?? (await this.store.getChannel<ChannelData>(channelId));
+    if (!c) return;
+    const { participant1: p1, participant2: p2 } = c.config;
+    if (closer !== this.address) {
+      const rev = c.partnerRevocation;
+      if (rev && rev.revokedBelow > closedNonce) {
+        this.log.warn({ channelId, closedNonce: closedNonce.toString() }, "partner closed with a revoked state: penalising");
+        await this.chainTask(`penalize:${channelId}`, () =>
+          this.chainClient.penalize(channelId, p1, p2, rev.revokedBelow, rev.stateHash, rev.signature),
+        );
+      } else if (c.latest.state.nonce > closedNonce && c.latest.sig1 && c.latest.sig2) {
+        this.log.warn({ channelId }, "partner closed with an older state: submitting the newer one");
+        const { sig1, sig2 } = c.latest;
+        await this.chainTask(`update:${channelId}`, () => this.chainClient.updateState(channelId, p1, p2, c.latest.state, sig1, sig2));
+      }
+    }
+    await this.markClosed(channelId);
+  }
+
+  private async markClosed(channelId: Hex): Promise<void> {
+    if (!this.core.channel(channelId)) return;
+    await this.step({ type: "channel", channelId, input: { type: "closedOnChain" } });
+  }
+
+  /** Settles channels whose challenge period is over and unlocks what is resolvable. */
+  private async watchClosedChannels(): Promise<void> {
+    if (this.stopped) return;
+    const closed = (await this.store.listChannels<ChannelData>()).filter((c) => c.status === "closed" || c.status === "closing");
+    for (const c of closed) {
+      const { participant1: p1, participant2: p2, channelId } = c.config;
+      let info: ChannelInfo;
+      try {
+        info = await this.chainClient.getChannel(p1, p2);
+      } catch {
+        continue;
+      }
+      if (info.id.toLowerCase() !== channelId.toLowerCase()) continue;
+      const now = await this.chainClient.chainTime().catch(() => 0n);
+      if (info.phase === "closed" && now > info.settleAt) {
+        await this.chainTask(`settle:${channelId}`, () => this.chainClient.settle(channelId, p1, p2));
+      } else if (info.phase === "settled" && info.locksRoot === c.latest.state.locksRoot) {
+        await this.chainTask(`unlock:${channelId}`, () => this.chainClient.unlock(channelId, p1, p2, c.latest.locks));
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ API
+
+  private partnerOf(c: ChannelData): Address {
+    return c.config.me === 1 ? c.config.participant2 : c.config.participant1;
+  }
+
+  summary(c: ChannelData): ChannelSummary {
+    const b = channelBalances(c);
+    const me = c.config.me;
+    const f = c.funding;
+    return {
+      channelId: c.config.channelId,
+      partner: this.partnerOf(c),
+      status: c.status,
+      nonce: c.latest.state.nonce,
+      balance: b.mine,
+      partnerBalance: b.partner,
+      locked: b.lockedMine,
+      partnerLocked: b.lockedPartner,
+      available: b.availableMine,
+      deposit: me === 1 ? f.deposit1 : f.deposit2,
+      partnerDeposit: me === 1 ? f.deposit2 : f.deposit1,
+      withdrawn: me === 1 ? f.withdrawn1 : f.withdrawn2,
+      partnerWithdrawn: me === 1 ? f.withdrawn2 : f.withdrawn1,
+      credit: f.credit,
+      creditSide: f.creditSide === 0 ? "none" : f.creditSide === me ? "me" : "partner",
+    };
+  }
+
+  info() {
+    return {
+      address: this.address,
+      role: this.role,
+      chainId: this.deployment.chainId,
+      mode: this.deployment.mode,
+      contracts: { channels: this.deployment.channels, token: this.deployment.token, secretRegistry: this.deployment.secretRegistry },
+      p2p: { peerId: this.transport.peerId, multiaddrs: this.transport.multiaddrs, connected: this.transport.connectedAddresses() },
+      channels: this.core.channels().length,
+    };
+  }
+
+  async listChannels(): Promise<ChannelSummary[]> {
+    const all = await this.store.listChannels<ChannelData>();
+    const live = new Map(this.core.channels().map((c) => [c.config.channelId.toLowerCase(), c]));
+    return all.map((c) => this.summary(live.get(c.config.channelId.toLowerCase()) ?? c));
+  }
+
+  async getChannel(channelId: Hex): Promise<ChannelSummary & { onChain: ChannelInfo }> {
+    const c = this.core.channel(channelId) ?? (await this.store.getChannel<ChannelData>(channelId));
+    if (!c) throw new NodeError("NOT_FOUND", `no channel ${channelId}`);
+    const onChain = await this.chainClient.getChannel(c.config.participant1, c.config.participant2);
+    return { ...this.summary(c), onChain };
+  }
+
+  /** Resolves a channel by id or by partner address. */
+  private resolveChannel(ref: { channelId?: Hex; partner?: Address }): ChannelData {
+    const c = ref.channelId ? this.core.channel(ref.channelId) : ref.partner ? this.core.channelWith(ref.partner) : this.onlyChannel();
+    if (!c) throw new NodeError("NOT_FOUND", `no open channel ${ref.channelId ?? ref.partner ?? ""}`.trim());
+    return c;
+  }
+
+  private onlyChannel(): ChannelData | undefined {
+    const open = this.core.channels().filter((c) => c.status === "open");
+    if (open.length !== 1) throw new NodeError("BAD_STATE", `this node has ${open.length} open channels: name one`);
+    return open[0];
+  }
+
+  async openChannel(partner: Address, deposit: bigint): Promise<{ channelId: Hex; txHash: string }> {
+    const p = normalizeAddress(partner);
+    if (p === this.address) throw new NodeError("BAD_STATE", "a channel needs two different participants");
+    const existing = this.core.channelWith(p);
+    if (existing && existing.status !== "closed") throw new NodeError("CONFLICT", `a channel with ${p} exists: ${existing.config.channelId}`);
+    const opened = await this.chainClient.open(p).catch(rethrowChain);
+    if (deposit > 0n) await this.chainClient.approveAndDeposit(opened.channelId, p, deposit).catch(rethrowChain);
+    const [p1, p2] = orderParticipants(this.address, p);
+    await this.adoptChannel(opened.channelId, p1, p2);
+    if (deposit > 0n) await this.refreshFunding(opened.channelId);
+    return { channelId: opened.channelId, txHash: opened.hash };
+  }
+
+  async deposit(ref: { channelId?: Hex; partner?: Address }, amount: bigint): Promise<{ totalDeposit: bigint }> {
+    if (amount <= 0n) throw new NodeError("BAD_STATE", "deposit amount must be positive");
+    const c = this.resolveChannel(ref);
+    const info = await this.chainClient.getChannel(c.config.participant1, c.config.participant2);
+    const current = c.config.me === 1 ? info.deposit1 : info.deposit2;
+    const total = current + amount;
+    await this.chainClient.approveAndDeposit(c.config.channelId, this.partnerOf(c), total).catch(rethrowChain);
+    await this.refreshFunding(c.config.channelId);
+    return { totalDeposit: total };
+  }
+
+  async withdraw(ref: { channelId?: Hex; partner?: Address }, amount: bigint, timeoutMs = 30_000): Promise<{ totalWithdraw: bigint }> {
+    const c = this.resolveChannel(ref);
+    const channelId = c.config.channelId;
+    const expiry = (await this.chainClient.chainTime()) + 600n;
+    const done = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.events.off("channelChanged", check);
+        reject(new NodeError("TIMEOUT", `the partner did not confirm the withdrawal within ${timeoutMs} ms; it expires unused`));
+      }, timeoutMs);
+      const target = (c.config.me === 1 ? c.funding.withdrawn1 : c.funding.withdrawn2) + amount;
+      const check = (s: ChannelSummary) => {
+        if (s.channelId.toLowerCase() === channelId.toLowerCase() && s.withdrawn >= target) {
+          clearTimeout(timer);
+          this.events.off("channelChanged", check);
+          resolve();
+        }
+      };
+      this.events.on("channelChanged", check);
+    });
+    const r = await this.step({ type: "channel", channelId, input: { type: "requestWithdraw", amount, expiry } });
+    if (!r.ok) {
+      done.catch(() => undefined);
+      throw NodeError.from(r.error);
+    }
+    await done;
+    const after = this.core.channel(channelId) ?? c;
+    return { totalWithdraw: c.config.me === 1 ? after.funding.withdrawn1 : after.funding.withdrawn2 };
+  }
+
+  async close(ref: { channelId?: Hex; partner?: Address }, force: boolean, timeoutMs = 30_000): Promise<{ mode: "cooperative" | "unilateral" }> {
+    const c = this.resolveChannel(ref);
+    const channelId = c.config.channelId;
+    if (!force) {
+      const r = await this.step({ type: "channel", channelId, input: { type: "requestCooperativeClose" } });
+      if (!r.ok) throw NodeError.from(r.error);
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        const info = await this.chainClient.getChannel(c.config.participant1, c.config.participant2);
+        if (info.id.toLowerCase() !== channelId.toLowerCase() || info.phase === "none") {
+          await this.markClosed(channelId);
+          return { mode: "cooperative" };
+        }
+        await new Promise((res) => setTimeout(res, 250));
+      }
+      throw new NodeError("TIMEOUT", `the partner did not sign the cooperative close within ${timeoutMs} ms; use force to close unilaterally`);
+    }
+    const latest = this.core.channel(channelId)?.latest ?? c.latest;
+    const partnerSig = c.config.me === 1 ? latest.sig2 : latest.sig1;
+    await this.chainClient
+      .close(channelId, this.partnerOf(c), latest.state, partnerSig ?? { revokedBelow: 0n, signature: "0x" })
+      .catch(rethrowChain);
+    await this.markClosed(channelId);
+    return { mode: "unilateral" };
+  }
+
+  async settle(channelId: Hex): Promise<{ txHash: string }> {
+    const c = this.core.channel(channelId) ?? (await this.store.getChannel<ChannelData>(channelId));
+    if (!c) throw new NodeError("NOT_FOUND", `no channel ${channelId}`);
+    const r = await this.chainClient.settle(channelId, c.config.participant1, c.config.participant2).catch(rethrowChain);
+    return { txHash: r.hash };
+  }
+
+  async pay(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {
+    const secret = `0x${randomBytes(32).toString("hex")}` as Hex;
+    const r = await this.step({ type: "pay", paymentId, target: normalizeAddress(target), amount, secret });
+    if (!r.ok || !r.payment) throw NodeError.from(r.error);
+    return r.payment;
+  }
+
+  async issue(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {
+    const r = await this.step({ type: "issue", paymentId, target: normalizeAddress(target), amount });
+    if (!r.ok || !r.payment) throw NodeError.from(r.error);
+    return r.payment;
+  }
+
+  /** Waits until an outgoing payment is completed or failed. */
+  async waitForPayment(paymentId: Hex, timeoutMs: number): Promise<OutgoingPayment> {
+    const final = (p: OutgoingPayment | undefined) => p !== undefined && p.status !== "pending";
+    const now = this.core.payment(paymentId);
+    if (final(now)) return now!;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        off();
+        reject(new NodeError("TIMEOUT", `payment ${paymentId} still pending after ${timeoutMs} ms`));
+      }, timeoutMs);
+      const check = (p: OutgoingPayment | IncomingPayment) => {
+        if (p.direction === "out" && p.paymentId.toLowerCase() === paymentId.toLowerCase()) {
+          off();
+          resolve(p);
+        }
+      };
+      const off = () => {
+        clearTimeout(timer);
+        this.events.off("paymentSent", check);
+        this.events.off("paymentFailed", check);
+      };
+      this.events.on("paymentSent", check);
+      this.events.on("paymentFailed", check);
+    });
+  }
+
+  payment(paymentId: Hex): { outgoing: OutgoingPayment | null; incoming: IncomingPayment[] } {
+    return { outgoing: this.core.payment(paymentId) ?? null, incoming: this.core.incoming(paymentId) };
+  }
+
+  history(limit: number): (OutgoingPayment | IncomingPayment)[] {
+    const t = this.core.transfers;
+    const all: (OutgoingPayment | IncomingPayment)[] = [...t.payments.values(), ...t.incoming.values()];
+    return all.slice(-limit).reverse();
+  }
+
+  async balances(): Promise<{ onChain: bigint; channels: bigint; available: bigint; locked: bigint }> {
+    const onChain = await this.chainClient.tokenBalance(this.address);
+    let channels = 0n;
+    let available = 0n;
+    let locked = 0n;
+    for (const c of this.core.channels()) {
+      if (c.status === "closed") continue;
+      const b = channelBalances(c);
+      // In issuer mode a hub's credit is not money: report what it holds beyond its credit.
+      const credit = c.funding.creditSide === c.config.me ? c.funding.credit : 0n;
+      channels += b.mine - credit;
+      available += b.availableMine;
+      locked += b.lockedMine;
+    }
+    return { onChain, channels, available, locked };
+  }
+
+  /** The definite share of side `side` in a channel's newest state (exposed for checks). */
+  shareOf(channelId: Hex, side: Side): bigint {
+    const c = this.resolveChannel({ channelId });
+    return share(c.funding, c.latest.state, side);
+  }
+}
+
+function fundingOf(info: ChannelInfo): Funding {
+  return {
+    deposit1: info.deposit1,
+    deposit2: info.deposit2,
+    withdrawn1: info.withdrawn1,
+    withdrawn2: info.withdrawn2,
+    credit: info.credit,
+    creditSide: info.creditSide,
+  };
+}
+
+function rethrowChain(err: unknown): never {
+  if (err instanceof ChainError) {
+    throw new NodeError("CHAIN_ERROR", `${err.errorName ?? err.code}: ${err.message}`, { code: err.code, errorName: err.errorName });
+  }
+  throw err;
+}
