@@ -160,6 +160,8 @@ export class NodeCore {
   /** Partner address -> channel id. */
   readonly #byPartner = new Map<Address, Hex>();
   readonly #routes = new Map<Address, Hex>();
+  /** A hub's channel to a partner hub, for targets it has no channel or route to. */
+  #defaultRoute: Hex | null = null;
   /** When this node last sent the proposal now in flight, per channel (retries; not persisted). */
   readonly #proposedAt = new Map<Hex, bigint>();
   #transfers: TransferState;
@@ -192,6 +194,11 @@ export class NodeCore {
 
   setRoute(target: Address, channelId: Hex): void {
     this.#routes.set(normalizeAddress(target), lower(channelId));
+  }
+
+  /** Sends payments for unknown targets through `channelId` (a hub's link to another hub). */
+  setDefaultRoute(channelId: Hex | null): void {
+    this.#defaultRoute = channelId === null ? null : lower(channelId);
   }
 
   channel(channelId: Hex): ChannelData | undefined {
@@ -487,7 +494,11 @@ export class NodeCore {
   /** Where a lock for `target` is forwarded: the channel with it, or a configured route. */
   #lockRoute(targetRaw: Address): Hex | null {
     const target = normalizeAddress(targetRaw);
-    return this.#openChannelId(this.#byPartner.get(target)) ?? this.#openChannelId(this.#routes.get(target));
+    return (
+      this.#openChannelId(this.#byPartner.get(target)) ??
+      this.#openChannelId(this.#routes.get(target)) ??
+      this.#openChannelId(this.#defaultRoute ?? undefined)
+    );
   }
 
   /** The channel a payment to `target` starts in: as a lock would be routed, else the only channel. */
@@ -505,7 +516,8 @@ export class NodeCore {
   /** The peer to hand a message for `to` to. */
   #nextHop(to: Address): Address | null {
     if (this.#byPartner.has(to)) return to;
-    const id = this.#routes.get(to) ?? (this.#channels.size === 1 ? [...this.#channels.keys()][0] : undefined);
+    const id =
+      this.#routes.get(to) ?? this.#defaultRoute ?? (this.#channels.size === 1 ? [...this.#channels.keys()][0] : undefined);
     const c = id === undefined ? undefined : this.#channels.get(id);
     return c ? normalizeAddress(partnerOf(c)) : null;
   }

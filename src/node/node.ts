@@ -124,6 +124,7 @@ export class StarlingNode {
     this.signer = parts.signer;
     this.address = normalizeAddress(parts.signer.address);
     this.role = config.role;
+    // Configured peers are hubs: a user's hub, or a hub's partner hubs.
     for (const p of config.p2p.peers) this.hubs.add(normalizeAddress(p.address));
     this.chainEvents = new ChainEvents({
       provider: this.provider,
@@ -160,13 +161,20 @@ export class StarlingNode {
       const channels = await store.listChannels<ChannelData>();
       const plain = await store.getMeta<StoredTransferState>(TRANSFERS_KEY);
       const clock = opts.clock ?? unixNow;
+      const live = channels.filter((c) => c.status !== "closed");
       const core = new NodeCore({
         signer,
         verifier: backend.verifier,
         clock,
-        channels: channels.filter((c) => c.status !== "closed"),
+        channels: live,
         ...(plain ? { transfers: transferStateFromPlain(plain) } : {}),
       });
+      // A hub reaches users of its partner hubs through its channel with them.
+      const hubPeers = new Set(config.p2p.peers.map((p) => normalizeAddress(p.address)));
+      if (config.role === "hub") {
+        const link = live.find((c) => hubPeers.has(c.config.me === 1 ? c.config.participant2 : c.config.participant1));
+        if (link) core.setDefaultRoute(link.config.channelId);
+      }
       const wallet = new Wallet(Buffer.from(opts.privateKey).toString("hex"), provider);
       const chainClient = ChannelsClient.connect(deployment, wallet, { confirmations: config.chain.confirmations });
       // The libp2p identity comes from a seed kept in the store, so the peer id survives restarts.
@@ -381,13 +389,14 @@ export class StarlingNode {
       fundingOf(info),
     );
     this.core.addChannel(c);
+    if (this.role === "hub" && this.hubs.has(partner)) this.core.setDefaultRoute(c.config.channelId);
     await this.store.commit({ channels: [{ channelId: c.config.channelId, record: c }] });
     this.events.emit("channelChanged", this.summary(c));
     this.log.info({ channelId, partner }, "channel opened");
     if (this.role === "hub" && !this.hubs.has(partner)) void this.fundUserChannel(c.config.channelId, partner);
   }
 
-  /** A hub funds a new user channel per its configuration: credit (issuer mode) or a deposit. */
+  /** A hub funds a new channel per its configuration: credit (issuer mode) or a deposit. */
   private async fundUserChannel(channelId: Hex, user: Address): Promise<void> {
     if (this.deployment.mode === "issuer") {
       const limit = await this.chainClient.creditLimit(this.address);
@@ -536,6 +545,11 @@ export class StarlingNode {
     if (deposit > 0n) await this.chainClient.approveAndDeposit(opened.channelId, p, deposit).catch(rethrowChain);
     const [p1, p2] = orderParticipants(this.address, p);
     await this.adoptChannel(opened.channelId, p1, p2);
+    // A link between hubs is funded by the hub that opens it (user channels are funded on adoption).
+    if (this.role === "hub" && this.hubs.has(p)) {
+      await this.fundUserChannel(opened.channelId, p);
+      await this.refreshFunding(opened.channelId);
+    }
     if (deposit > 0n) await this.refreshFunding(opened.channelId);
     return { channelId: opened.channelId, txHash: opened.hash };
   }
