@@ -130,6 +130,8 @@ export interface NodeCoreOptions {
   routes?: Iterable<readonly [Address, Hex]>;
   /** Hops a relayed message may still take. */
   maxHops?: number;
+  /** Finished payments kept in memory for lookups (default 10,000); older ones live in the store. */
+  recentPayments?: number;
 }
 
 class Step {
@@ -160,6 +162,9 @@ export class NodeCore {
   /** Partner address -> channel id. */
   readonly #byPartner = new Map<Address, Hex>();
   readonly #routes = new Map<Address, Hex>();
+  readonly #recentOut = new Map<Hex, OutgoingPayment>();
+  readonly #recentIn = new Map<Hex, IncomingPayment[]>();
+  readonly #recentLimit: number;
   /** A hub's channel to a partner hub, for targets it has no channel or route to. */
   #defaultRoute: Hex | null = null;
   /** When this node last sent the proposal now in flight, per channel (retries; not persisted). */
@@ -176,6 +181,7 @@ export class NodeCore {
     const problems = transferPolicyProblems(this.#transferPolicy, this.#channelPolicy);
     if (problems.length > 0) throw new Error(`NodeCore: inconsistent transfer policy: ${problems.join("; ")}`);
     this.#maxHops = opts.maxHops ?? 8;
+    this.#recentLimit = opts.recentPayments ?? 10_000;
     this.#transfers = opts.transfers ?? newTransferState();
     for (const c of opts.channels ?? []) this.addChannel(c);
     for (const [target, channelId] of opts.routes ?? []) this.setRoute(target, channelId);
@@ -218,12 +224,32 @@ export class NodeCore {
     return this.#transfers;
   }
 
+  /** An outgoing payment in flight, or recently finished (see `recentPayments`). */
   payment(paymentId: Hex): OutgoingPayment | undefined {
-    return this.#transfers.payments.get(lower(paymentId));
+    const id = lower(paymentId);
+    return this.#transfers.payments.get(id) ?? this.#recentOut.get(id);
   }
 
   incoming(paymentId: Hex): IncomingPayment[] {
-    return incomingByPaymentId(this.#transfers, paymentId);
+    return [...incomingByPaymentId(this.#transfers, paymentId), ...(this.#recentIn.get(lower(paymentId)) ?? [])];
+  }
+
+  /**
+   * Finished payments leave the transfer state (it stays O(in-flight)); the last few thousand are
+   * kept here for quick lookups and so that a repeated payment id pays once at this level too.
+   * The shell keeps every finished payment in its store, which stays the authority.
+   */
+  #remember(p: OutgoingPayment | IncomingPayment): void {
+    const id = lower(p.paymentId);
+    if (p.direction === "out") {
+      this.#recentOut.delete(id);
+      this.#recentOut.set(id, p);
+    } else {
+      this.#recentIn.set(id, [...(this.#recentIn.get(id) ?? []), p]);
+    }
+    for (const m of [this.#recentOut, this.#recentIn] as Map<Hex, unknown>[]) {
+      while (m.size > this.#recentLimit) m.delete(m.keys().next().value as Hex);
+    }
   }
 
   // ---------------------------------------------------------------- the step
@@ -268,6 +294,15 @@ export class NodeCore {
       case "issue": {
         const channelId = input.channelId ?? this.#channelTowards(input.target);
         if (channelId === null) return engineError("NO_ROUTE", `no channel towards ${input.target}`);
+        const recent = this.#recentOut.get(lower(input.paymentId));
+        if (recent) {
+          // Finished already: the same id pays once (if it asks for the same thing).
+          if (recent.kind !== (input.type === "pay" ? "transfer" : "issue") || recent.amount !== input.amount || normalizeAddress(recent.target) !== normalizeAddress(input.target)) {
+            return { code: "PAYMENT_ID_CONFLICT", message: `payment ${input.paymentId} already exists with other parameters` };
+          }
+          step.payment = recent;
+          return null;
+        }
         const t: TransferInput =
           input.type === "pay"
             ? { type: "pay", paymentId: input.paymentId, target: input.target, amount: input.amount, channelId, secret: input.secret }
@@ -394,6 +429,7 @@ export class NodeCore {
       case "paymentSent":
       case "paymentReceived":
       case "paymentFailed":
+        this.#remember(e.payment);
         step.events.push(e);
         return;
     }

@@ -250,27 +250,40 @@ export class StarlingNode {
    * serialised so their commits and sends keep the engine's order.
    */
   step(input: NodeInput): Promise<StepResult> {
-    const run = async (): Promise<StepResult> => {
-      const r = this.core.handle(input);
-      const batch: Batch = {
-        channels: r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c })),
-        outboxAdd: r.send.map((o) => ({ peer: o.to, message: o.envelope })),
-      };
-      if (r.persist.transfers) batch.meta = [{ key: TRANSFERS_KEY, value: transferStateToPlain(r.persist.transfers) }];
-      const empty = !batch.channels?.length && !batch.outboxAdd?.length && !batch.meta;
-      const { outboxSeqs } = empty ? { outboxSeqs: [] as bigint[] } : await this.store.commit(batch);
-      r.send.forEach((o, i) => void this.sendOutbox(o.to, outboxSeqs[i]!, o.envelope));
-      for (const e of r.events) this.onEngineEvent(e);
-      for (const a of r.chain) {
-        if (a.type === "registerSecret") void this.chainTask(`secret:${a.secretHash}`, () => this.chainClient.registerSecret(a.secret));
-      }
-      for (const rej of r.rejected) this.log.debug({ during: rej.during, code: rej.error.code }, rej.error.message);
-      if (r.persist.channels.length > 0) for (const c of r.persist.channels) this.events.emit("channelChanged", this.summary(c));
-      return r;
-    };
-    const next = this.stepChain.then(run, run);
+    return this.serial(() => this.runStep(input));
+  }
+
+  /** Runs `work` after every step before it has committed, and before any step after it. */
+  private serial<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.stepChain.then(work, work);
     this.stepChain = next.catch(() => undefined);
     return next;
+  }
+
+  private async runStep(input: NodeInput): Promise<StepResult> {
+    const r = this.core.handle(input);
+    const batch: Batch = {
+      channels: r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c })),
+      outboxAdd: r.send.map((o) => ({ peer: o.to, message: o.envelope })),
+    };
+    if (r.persist.transfers) batch.meta = [{ key: TRANSFERS_KEY, value: transferStateToPlain(r.persist.transfers) }];
+    // Finished payments leave the engine's working state and are kept by id, in the same batch.
+    const finishedAt = BigInt(Date.now());
+    for (const e of r.events) {
+      if (e.type === "paymentSent" || e.type === "paymentReceived" || e.type === "paymentFailed") {
+        (batch.payments ??= []).push({ paymentId: paymentKey(e.payment), record: { ...e.payment, finishedAt } });
+      }
+    }
+    const empty = !batch.channels?.length && !batch.outboxAdd?.length && !batch.meta && !batch.payments?.length;
+    const { outboxSeqs } = empty ? { outboxSeqs: [] as bigint[] } : await this.store.commit(batch);
+    r.send.forEach((o, i) => void this.sendOutbox(o.to, outboxSeqs[i]!, o.envelope));
+    for (const e of r.events) this.onEngineEvent(e);
+    for (const a of r.chain) {
+      if (a.type === "registerSecret") void this.chainTask(`secret:${a.secretHash}`, () => this.chainClient.registerSecret(a.secret));
+    }
+    for (const rej of r.rejected) this.log.debug({ during: rej.during, code: rej.error.code }, rej.error.message);
+    if (r.persist.channels.length > 0) for (const c of r.persist.channels) this.events.emit("channelChanged", this.summary(c));
+    return r;
   }
 
   private async sendOutbox(peer: Address, seq: bigint, envelope: Envelope): Promise<void> {
@@ -627,24 +640,45 @@ export class StarlingNode {
     return { txHash: r.hash };
   }
 
-  async pay(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {
-    const secret = `0x${randomBytes(32).toString("hex")}` as Hex;
-    const r = await this.step({ type: "pay", paymentId, target: normalizeAddress(target), amount, secret });
-    if (!r.ok || !r.payment) throw NodeError.from(r.error);
-    return r.payment;
+  /** A finished outgoing payment with this id, if any: the same id pays once. */
+  private async finishedPayment(paymentId: Hex, want: { kind: OutgoingPayment["kind"]; target: Address; amount: bigint }): Promise<OutgoingPayment | null> {
+    const prior = await this.store.getPayment<OutgoingPayment>(paymentKey({ direction: "out", paymentId }));
+    if (!prior) return null;
+    if (prior.kind !== want.kind || normalizeAddress(prior.target) !== normalizeAddress(want.target) || prior.amount !== want.amount) {
+      throw new NodeError("CONFLICT", `payment ${paymentId} already exists with other parameters`);
+    }
+    return prior;
   }
 
-  async issue(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {
-    const r = await this.step({ type: "issue", paymentId, target: normalizeAddress(target), amount });
-    if (!r.ok || !r.payment) throw NodeError.from(r.error);
-    return r.payment;
+  /**
+   * Starts a payment; the same id pays once. The store lookup runs inside the step sequence, so
+   * no step can finish a payment with this id between the lookup and the new step.
+   */
+  pay(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {
+    const secret = `0x${randomBytes(32).toString("hex")}` as Hex;
+    return this.startPayment({ type: "pay", paymentId, target: normalizeAddress(target), amount, secret });
+  }
+
+  issue(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {
+    return this.startPayment({ type: "issue", paymentId, target: normalizeAddress(target), amount });
+  }
+
+  private startPayment(input: Extract<NodeInput, { type: "pay" | "issue" }>): Promise<OutgoingPayment> {
+    return this.serial(async () => {
+      const kind = input.type === "pay" ? "transfer" : "issue";
+      const prior = await this.finishedPayment(input.paymentId, { kind, target: input.target, amount: input.amount });
+      if (prior) return prior;
+      const r = await this.runStep(input);
+      if (!r.ok || !r.payment) throw NodeError.from(r.error);
+      return r.payment;
+    });
   }
 
   /** Waits until an outgoing payment is completed or failed. */
   async waitForPayment(paymentId: Hex, timeoutMs: number): Promise<OutgoingPayment> {
-    const final = (p: OutgoingPayment | undefined) => p !== undefined && p.status !== "pending";
-    const now = this.core.payment(paymentId);
-    if (final(now)) return now!;
+    const stored = await this.store.getPayment<OutgoingPayment>(paymentKey({ direction: "out", paymentId }));
+    if (stored) return stored;
+    if (!this.core.payment(paymentId)) throw new NodeError("NOT_FOUND", `no payment ${paymentId}`);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         off();
@@ -666,14 +700,21 @@ export class StarlingNode {
     });
   }
 
-  payment(paymentId: Hex): { outgoing: OutgoingPayment | null; incoming: IncomingPayment[] } {
-    return { outgoing: this.core.payment(paymentId) ?? null, incoming: this.core.incoming(paymentId) };
+  async payment(paymentId: Hex): Promise<{ outgoing: OutgoingPayment | null; incoming: IncomingPayment[] }> {
+    const id = paymentId.toLowerCase() as Hex;
+    const outgoing =
+      this.core.payment(id) ?? (await this.store.getPayment<OutgoingPayment>(paymentKey({ direction: "out", paymentId: id }))) ?? null;
+    const finished = (await this.store.listPayments<IncomingPayment>()).filter((p) => p.direction === "in" && p.paymentId === id);
+    return { outgoing, incoming: [...this.core.incoming(id), ...finished] };
   }
 
-  history(limit: number): (OutgoingPayment | IncomingPayment)[] {
+  /** Payments in flight, then finished ones newest first. */
+  async history(limit: number): Promise<(OutgoingPayment | IncomingPayment)[]> {
     const t = this.core.transfers;
-    const all: (OutgoingPayment | IncomingPayment)[] = [...t.payments.values(), ...t.incoming.values()];
-    return all.slice(-limit).reverse();
+    const pending: (OutgoingPayment | IncomingPayment)[] = [...t.payments.values(), ...t.incoming.values()];
+    const done = await this.store.listPayments<(OutgoingPayment | IncomingPayment) & { finishedAt: bigint }>();
+    done.sort((a, b) => (a.finishedAt < b.finishedAt ? 1 : a.finishedAt > b.finishedAt ? -1 : 0));
+    return [...pending, ...done].slice(0, limit);
   }
 
   async balances(): Promise<{ onChain: bigint; channels: bigint; available: bigint; locked: bigint }> {
@@ -698,6 +739,12 @@ export class StarlingNode {
     const c = this.resolveChannel({ channelId });
     return share(c.funding, c.latest.state, side);
   }
+}
+
+/** Store key of a finished payment: outgoing by id; incoming by id and the lock (ids are the payer's choice). */
+function paymentKey(p: Pick<OutgoingPayment, "paymentId"> & { direction: "in" | "out"; channelId?: Hex; secretHash?: Hex | null }): string {
+  const id = p.paymentId.toLowerCase();
+  return p.direction === "out" ? `out:${id}` : `in:${id}:${(p.channelId ?? "").toLowerCase()}:${p.secretHash ?? "issue"}`;
 }
 
 function fundingOf(info: ChannelInfo): Funding {

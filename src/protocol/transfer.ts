@@ -170,9 +170,12 @@ export interface ReceivedLock {
 }
 
 export interface TransferState {
-  /** Outgoing payments by payment id (kept after they finish: a repeated id pays once). */
+  /**
+   * Outgoing payments in flight, by payment id. A finished one leaves with its paymentSent or
+   * paymentFailed effect; the shell keeps it by id, so that a repeated id pays once.
+   */
   readonly payments: ReadonlyMap<Hex, OutgoingPayment>;
-  /** Incoming payments by lock key (transfers) or `channelId:pay:paymentId` (issuance). */
+  /** Incoming transfers in flight, by lock key; finished ones leave with their effect. */
   readonly incoming: ReadonlyMap<string, IncomingPayment>;
   /** Known secrets by secret hash, while a pending lock needs them. */
   readonly secrets: ReadonlyMap<Hex, Hex>;
@@ -477,7 +480,8 @@ function finishOutgoing(w: Work, paymentId: Hex, status: "completed" | "failed",
   const p = w.get("payments").get(paymentId);
   if (!p || p.status !== "pending") return;
   const done: OutgoingPayment = { ...p, status, reason };
-  w.mut("payments").set(paymentId, done);
+  // Finished payments leave the working state (kept O(in-flight)); the shell stores them by id.
+  w.mut("payments").delete(paymentId);
   if (status === "completed") w.emit({ type: "paymentSent", payment: done });
   else w.emit({ type: "paymentFailed", payment: done, reason: reason ?? "failed" });
 }
@@ -486,7 +490,7 @@ function finishIncoming(w: Work, key: string, status: "received" | "failed", rea
   const p = w.get("incoming").get(key);
   if (!p || p.status !== "pending") return;
   const done: IncomingPayment = { ...p, status, reason };
-  w.mut("incoming").set(key, done);
+  w.mut("incoming").delete(key);
   if (status === "received") w.emit({ type: "paymentReceived", payment: done });
   else w.emit({ type: "paymentFailed", payment: done, reason: reason ?? "failed" });
 }
@@ -562,21 +566,18 @@ function partnerOpSigned(w: Work, channelId: Hex, op: Op): void {
     case "pay": {
       if (!c) return;
       const paymentId = lower(op.paymentId);
-      const key = `${lower(channelId)}:pay:${paymentId}`;
-      const prev = w.get("incoming").get(key);
       const payment: IncomingPayment = {
         direction: "in",
         kind: "issue",
         paymentId,
         initiator: partnerOf(c),
-        amount: (prev?.amount ?? 0n) + op.amount,
+        amount: op.amount,
         channelId: lower(channelId),
         secretHash: null,
         expiry: null,
         status: "received",
         reason: null,
       };
-      w.mut("incoming").set(key, payment);
       w.emit({ type: "paymentReceived", payment });
       return;
     }

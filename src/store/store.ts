@@ -35,6 +35,8 @@ export interface Store {
   /** All channel records, in channel-id order. */
   listChannels<T>(): Promise<T[]>;
   getPayment<T>(paymentId: string): Promise<T | undefined>;
+  /** Every stored payment, in key order (an optional, prunable history). */
+  listPayments<T>(): Promise<T[]>;
   getSecret(secretHash: string): Promise<string | undefined>;
   /** Pending messages, grouped by peer and in seq order within a peer. */
   listOutbox<T>(peer?: string): Promise<OutboxEntry<T>[]>;
@@ -231,6 +233,12 @@ class KeyValueStore implements Store {
 
   getPayment<T>(paymentId: string): Promise<T | undefined> {
     return this.read<T>(PAYMENT + paymentId);
+  }
+
+  async listPayments<T>(): Promise<T[]> {
+    this.assertOpen();
+    const rows = await this.backend.entries(PAYMENT, upperBound(PAYMENT));
+    return rows.map(([key, raw]) => this.decodeAt(key, raw) as T);
   }
 
   async getSecret(secretHash: string): Promise<string | undefined> {
