@@ -78,6 +78,8 @@ export type NodeInput =
   | { type: "deliver"; from: Address; envelope: Envelope }
   /** Time passed: expire locks, register secrets, retry what is unanswered. */
   | { type: "tick" }
+  /** A secret revealed in the chain's SecretRegistry. */
+  | { type: "secretRevealed"; secret: Hex }
   /** Channel inputs that are not updates (funding seen on chain, withdraw, close). */
   | { type: "channel"; channelId: Hex; input: Exclude<ChannelInput, { type: "propose" | "receive" }> };
 
@@ -314,6 +316,8 @@ export class NodeCore {
       case "tick":
         this.#tick(step);
         return null;
+      case "secretRevealed":
+        return this.#transfer(step, { type: "secretRevealed", secret: input.secret }, true);
       case "channel":
         return this.#channel(step, input.channelId, input.input);
     }

@@ -380,6 +380,9 @@ export class StarlingNode {
         await this.markClosed(e.channelId as Hex);
         break;
       case "SecretRevealed":
+        // A payee may reveal on chain while this node was away: claim upstream with it.
+        await this.step({ type: "secretRevealed", secret: e.secret as Hex });
+        break;
       case "StateUpdated":
       case "ChannelSettled":
       case "LocksUnlocked":

@@ -236,6 +236,8 @@ export type TransferInput =
   | { type: "proposalFailed"; channelId: Hex; ops: readonly Op[]; error: ChannelError }
   /** A transfer message; `from` is the authenticated peer it came from, `to` its final recipient. */
   | { type: "receive"; from: Address; to: Address; message: TransferMessage }
+  /** A secret seen in the chain's SecretRegistry: claim every received lock it opens. */
+  | { type: "secretRevealed"; secret: Hex }
   | { type: "tick" };
 
 export type TransferEffect =
@@ -351,6 +353,15 @@ export function transferTransition(state: TransferState, input: TransferInput, c
     case "receive": {
       const r = receive(w, input.from, input.to, input.message);
       if (!r.ok) return r;
+      break;
+    }
+    case "secretRevealed": {
+      if (!isHexOf(input.secret, 32)) return reject("BAD_INPUT", "secret must be 32 bytes of hex");
+      const secret = lower(input.secret);
+      const secretHash = hashSecret(secret);
+      learnSecret(w, secret, secretHash);
+      // Already on chain: the danger zone need not register it again.
+      if (w.get("secrets").has(secretHash) && !w.get("registered").has(secretHash)) w.mut("registered").set(secretHash, w.now);
       break;
     }
     case "tick":
