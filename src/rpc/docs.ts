@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { APP_ERRORS, STANDARD_ERRORS, type AppErrorCode, type StandardErrorName } from "./errors.js";
 import { BUILTIN_METHODS, type RpcRegistry } from "./registry.js";
+import { addressSchema, amountSchema, hash32Schema } from "./schemas.js";
 
 type JsonSchema = Record<string, unknown>;
 
@@ -25,6 +26,11 @@ function cell(text: string): string {
 
 class TypeNamer {
   readonly named = new Map<string, NamedType>();
+
+  constructor() {
+    // The shared types' own descriptions, before any use of them adds a field-specific one.
+    for (const shared of [amountSchema, addressSchema, hash32Schema]) this.label(jsonSchemaOf(shared));
+  }
 
   label(schema: unknown): string {
     if (!isSchema(schema)) return "any";
@@ -64,7 +70,9 @@ class TypeNamer {
     return Object.entries(props).map(([name, prop]) => {
       const optional = required.has(name) ? "" : "?";
       const base = `${name}${optional}: ${this.label(prop)}`;
-      const desc = isSchema(prop) && typeof prop.description === "string" && typeof prop.title !== "string";
+      // A named type's field shows its own description only when it says more than the type's.
+      const typeDescription = isSchema(prop) && typeof prop.title === "string" ? this.named.get(prop.title)?.description : undefined;
+      const desc = isSchema(prop) && typeof prop.description === "string" && prop.description !== typeDescription;
       return withDescriptions && desc ? `${base} — ${String(prop.description)}` : base;
     });
   }
