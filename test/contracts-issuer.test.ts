@@ -88,7 +88,7 @@ describe("StarlingChannels (issuer mode)", function () {
     expect(await h.balanceOf(hub.address)).to.equal(hubBefore + 120n);
     await h.increaseTime(PERIOD + 1);
     const [p1, p2] = ordered();
-    await h.channels.getFunction("settle")(id, p1.address, p2.address);
+    await (await h.channels.getFunction("settle")(id, p1.address, p2.address)).wait();
     expect(await h.balanceOf(user.address)).to.equal(500n - 200n + 80n);
     expect(await h.totalSupply()).to.equal(supply0);
   });

@@ -27,7 +27,22 @@ export function devWallet(index: number, provider?: JsonRpcProvider): HDNodeWall
   return provider ? wallet.connect(provider) : wallet;
 }
 
+/**
+ * STARLING_DEVNET_BLOCK_TIME=<seconds> makes every devnet that does not choose its own block time
+ * mine on an interval instead of per transaction, so the whole test suite can run against a slow
+ * chain (`npm run test:slow-chain`).
+ */
+function envBlockTime(): number | undefined {
+  const v = process.env.STARLING_DEVNET_BLOCK_TIME;
+  if (v === undefined || v === "") return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`STARLING_DEVNET_BLOCK_TIME must be a positive integer, got ${v}`);
+  return n;
+}
+
 export async function startDevnet(options: DevnetOptions = {}): Promise<Devnet> {
+  const blockTime = options.blockTime ?? envBlockTime();
+  if (blockTime !== undefined) options = { ...options, blockTime };
   const anvil = await startAnvil(options);
   try {
     const provider = connectProvider(anvil.url, options.blockTime ? 250 : 50);
