@@ -19,8 +19,11 @@ export const peerSchema = z.object({
 });
 
 export const configSchema = z.object({
-  /** hub: the system account, serves users' channels; user: one channel with a hub. */
-  role: z.enum(["hub", "user"]),
+  /**
+   * hub: the system account, serves users' channels; user: one channel with a hub; watchtower:
+   * defends other nodes' channels while they are offline (`starling watchtower`).
+   */
+  role: z.enum(["hub", "user", "watchtower"]),
   /** Where the keystore, LevelDB, deployment and RPC token live. Relative paths are resolved against it. */
   dataDir: z.string().min(1),
   keystore: z.string().default("keystore.json"),
@@ -58,6 +61,8 @@ export const configSchema = z.object({
       depositPerChannel: amount.default(0n),
     })
     .prefault({}),
+  /** A watchtower this node hands its channels to after every update; none when absent. */
+  watchtower: peerSchema.optional(),
   /** Prometheus metrics on 127.0.0.1:<port>; off when absent. */
   metricsPort: z.number().int().min(1).max(65_535).optional(),
   log: z.object({ level: z.enum(["trace", "debug", "info", "warn", "error", "silent"]).default("info") }).prefault({}),

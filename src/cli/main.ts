@@ -2,6 +2,7 @@
 import { Command } from "commander";
 import { registerDevnet } from "./devnet.js";
 import { registerNodeCommands } from "./node-commands.js";
+import { registerWatchtower } from "./watchtower.js";
 
 export function buildProgram(): Command {
   const program = new Command()
@@ -10,6 +11,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerDevnet(program);
   registerNodeCommands(program);
+  registerWatchtower(program);
   return program;
 }
 
