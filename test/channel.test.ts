@@ -1,14 +1,18 @@
 /**
  * Unit tests of every transition of the channel state machine (src/protocol/channel.ts), with two
  * parties holding real keys. Every rejection must come back as a typed error and leave the
- * channel exactly as it was.
+ * channel exactly as it was; refusing an authentic proposal changes nothing but its burnt nonce
+ * (and side 2's backoff after a conflict), and answers with a Reject.
  */
 import { expect } from "chai";
 import {
+  CLOSE_RESEND_SECONDS,
+  CONFLICT_BACKOFF_SECONDS,
   available,
   balances,
   capacity,
   disputeKit,
+  nextNonce,
   share,
   transition,
   type ChannelData,
@@ -70,6 +74,46 @@ function rejected(c: ChannelData, input: ChannelInput, code: ChannelErrorCode, n
 }
 
 const receive = (message: ChannelMessage): ChannelInput => ({ type: "receive", message });
+
+type RejectMessage = Extract<ChannelMessage, { type: "Reject" }>;
+
+/**
+ * Asserts that an authentic proposal (`input` receives a Propose) is refused: accepted as a
+ * transition whose only effect is one Reject with `code` and the proposal's nonce, and whose
+ * channel is deep-equal to the input except that the nonce is burnt (and, for side 2 on a
+ * conflict, the backoff set). Nothing is signed.
+ */
+function refused(c: ChannelData, input: ChannelInput, code: ChannelErrorCode, now = T0, p: Pair = pair): { channel: ChannelData; reject: RejectMessage } {
+  if (input.type !== "receive" || input.message.type !== "Propose") throw new Error("refused() takes a received Propose");
+  const nonce = input.message.state.nonce;
+  expect(nonce, "a refused proposal carries the next nonce").to.equal(nextNonce(c));
+  const before = structuredClone(c);
+  const result = run(c, input, now, p);
+  if (!result.ok) return expect.fail(`expected a refusal with ${code}, got the rejection ${result.error.code} ${result.error.message}`);
+  expect(result.effects).to.have.length(1);
+  const reject = messageOf(result.effects, "Reject");
+  expect(reject).to.deep.include({ type: "Reject", channelId: p.channelId, nonce, code });
+  expect(reject.reason).to.be.a("string").and.not.empty;
+  const backoffUntil = code === "CONFLICT" && c.config.me === 2 ? now + CONFLICT_BACKOFF_SECONDS : c.backoffUntil;
+  expect(result.channel).to.deep.equal({ ...before, burnt: nonce, backoffUntil });
+  expect(c).to.deep.equal(before);
+  return { channel: result.channel, reject };
+}
+
+/** The proposer's side of a refusal: the Reject drops its proposal and burns the nonce. */
+function dropsOnReject(c: ChannelData, reject: RejectMessage, now = T0): ChannelData {
+  const inflight = c.inflight;
+  expect(inflight?.next.state.nonce).to.equal(reject.nonce);
+  const r = ok(c, receive(reject), now);
+  expect(r.effects).to.have.length(1);
+  const e = r.effects[0]!;
+  if (e.type !== "proposalRejected") return expect.fail(`expected proposalRejected, got ${e.type}`);
+  expect(e.ops).to.deep.equal(inflight!.ops);
+  expect(e.error.code).to.equal(reject.code);
+  expect(e.error.message).to.be.a("string").and.not.empty;
+  expect(r.channel).to.deep.equal({ ...c, inflight: null, burnt: reject.nonce });
+  return r.channel;
+}
 
 /** The one message in `effects`. */
 function sentIn(effects: ChannelEffect[]): ChannelMessage {
@@ -189,6 +233,9 @@ describe("channel state machine", function () {
       });
       expect(c.latest.sig1).to.equal(null);
       expect(c.latest.sig2).to.equal(null);
+      expect(c.burnt).to.equal(0n);
+      expect(c.backoffUntil).to.equal(0n);
+      expect(nextNonce(c)).to.equal(1n);
       expect(balances(c)).to.deep.equal({ mine: 1000n, partner: 1000n, lockedMine: 0n, lockedPartner: 0n, availableMine: 1000n });
       expect(disputeKit(c)).to.deep.equal({ latest: c.latest, partnerSignature: null, revocation: null });
     });
@@ -215,6 +262,7 @@ describe("channel state machine", function () {
       expect(q.channel.latest.state).to.deep.equal(propose.state);
       expect(q.channel.myRevokedBelow).to.equal(1n);
       expect(q.channel.partnerRevocation, "a revokedBelow of 0 revokes nothing").to.equal(null);
+      expect(q.channel.burnt, "an accepted proposal burns nothing").to.equal(0n);
 
       const done = ok(p.channel, receive(countersign));
       expect(done.effects).to.deep.equal([{ type: "updated", nonce: 1n, proposer: 1, ops: [pay(100n)] }]);
@@ -333,9 +381,9 @@ describe("channel state machine", function () {
       ] satisfies ChannelMessage[]) {
         rejected(base[2], receive(m), "WRONG_CHANNEL");
       }
-      // A state of another channel inside a message of this one.
+      // A state of another channel inside a message of this one, even signed by the partner.
       const state = { ...propose.state, channelId: otherId };
-      rejected(base[2], receive(forgedPropose(1, state, [pay(1n)])), "STATE_MISMATCH");
+      rejected(base[2], receive(forgedPropose(1, state, [pay(1n)])), "WRONG_CHANNEL");
     });
 
     it("a proposal whose nonce is not exactly the next one", function () {
@@ -422,10 +470,15 @@ describe("channel state machine", function () {
 
     it("a state that is not what its operations produce", function () {
       const s = base[2].latest.state;
-      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 2n }), [pay(1n)])), "STATE_MISMATCH");
-      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent2: s.sent2 + 1n }), [pay(1n)])), "STATE_MISMATCH");
-      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 1n, locksRoot: ZERO_HASH }), [pay(1n)])), "STATE_MISMATCH");
-      rejected(base[2], receive(forgedPropose(1, nextState(s, {}), [pay(1n)])), "STATE_MISMATCH");
+      refused(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 2n }), [pay(1n)])), "STATE_MISMATCH");
+      refused(base[2], receive(forgedPropose(1, nextState(s, { sent2: s.sent2 + 1n }), [pay(1n)])), "STATE_MISMATCH");
+      refused(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 1n, locksRoot: ZERO_HASH }), [pay(1n)])), "STATE_MISMATCH");
+      refused(base[2], receive(forgedPropose(1, nextState(s, {}), [pay(1n)])), "STATE_MISMATCH");
+      refused(base[1], receive(forgedPropose(2, nextState(s, { sent1: s.sent1 + 1n }), [pay(1n)])), "STATE_MISMATCH");
+      // Not signed by the partner: no nonce is burnt for it.
+      rejected(base[2], receive(forgedPropose(1, nextState(s, {}), [pay(1n)], { signer: pair.mallory })), "BAD_SIGNATURE");
+      // A state whose fields don't hash is refused before anything else is looked at.
+      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent1: -1n }), [pay(1n)], { signature: { revokedBelow: 2n, signature: randomSignature(8) } })), "STATE_MISMATCH");
     });
 
     it("amounts of zero or less", function () {
@@ -433,8 +486,8 @@ describe("channel state machine", function () {
         rejected(base[1], { type: "propose", ops: [pay(amount)] }, "BAD_AMOUNT");
         rejected(base[1], { type: "propose", ops: [lock(amount, 9)] }, "BAD_AMOUNT");
         rejected(base[1], { type: "propose", ops: [pay(5n), pay(amount)] }, "BAD_AMOUNT");
-        rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [pay(amount)])), "BAD_AMOUNT");
-        rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [lock(amount, 9)])), "BAD_AMOUNT");
+        refused(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [pay(amount)])), "BAD_AMOUNT");
+        refused(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [lock(amount, 9)])), "BAD_AMOUNT");
       }
     });
 
@@ -447,8 +500,8 @@ describe("channel state machine", function () {
       rejected(base[1], { type: "propose", ops: [pay(1n << 300n)] }, "INSUFFICIENT_BALANCE");
       ok(base[1], { type: "propose", ops: [pay(800n), lock(50n, 9)] });
       const s = base[2].latest.state;
-      rejected(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 851n }), [pay(851n)])), "INSUFFICIENT_BALANCE");
-      rejected(base[1], receive(forgedPropose(2, nextState(s, { sent2: s.sent2 + 951n }), [pay(951n)])), "INSUFFICIENT_BALANCE");
+      refused(base[2], receive(forgedPropose(1, nextState(s, { sent1: s.sent1 + 851n }), [pay(851n)])), "INSUFFICIENT_BALANCE");
+      refused(base[1], receive(forgedPropose(2, nextState(s, { sent2: s.sent2 + 951n }), [pay(951n)])), "INSUFFICIENT_BALANCE");
     });
 
     it("a lock expiry outside the policy's bounds", function () {
@@ -461,7 +514,7 @@ describe("channel state machine", function () {
       ok(base[1], { type: "propose", ops: [lock(1n, 9, T0 + maxLockSeconds)] });
       // The receiver checks against its own clock: a proposal that arrives too late is refused.
       const p = ok(base[1], { type: "propose", ops: [lock(1n, 9, T0 + minLockSeconds)] });
-      rejected(base[2], receive(messageOf(p.effects, "Propose")), "LOCK_EXPIRY_OUT_OF_BOUNDS", T0 + 1n);
+      refused(base[2], receive(messageOf(p.effects, "Propose")), "LOCK_EXPIRY_OUT_OF_BOUNDS", T0 + 1n);
     });
 
     it("a secret hash that is already locked", function () {
@@ -471,7 +524,7 @@ describe("channel state machine", function () {
       const s = base[2].latest.state;
       const locks = [...base[2].latest.locks, { sender: 1 as const, amount: 1n, expiry: T0 + HOUR, secretHash: testSecret(2).hash }];
       const state = nextState(s, { locked1: s.locked1 + 1n, locksRoot: locksRoot(locks) });
-      rejected(base[2], receive(forgedPropose(1, state, [lock(1n, 2)])), "DUPLICATE_SECRET_HASH");
+      refused(base[2], receive(forgedPropose(1, state, [lock(1n, 2)])), "DUPLICATE_SECRET_HASH");
     });
 
     it("a secret hash that is not 32 bytes of lowercase hex", function () {
@@ -482,7 +535,7 @@ describe("channel state machine", function () {
       for (const secretHash of [upper, existing, "0x12" as Hex, `0x${"gg".repeat(32)}` as Hex, `${testSecret(9).hash}00` as Hex]) {
         const op: Op = { type: "lock", amount: 1n, expiry: T0 + HOUR, secretHash, paymentId: PID(1) };
         rejected(base[1], { type: "propose", ops: [op] }, "BAD_SECRET_HASH");
-        rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [op])), "BAD_SECRET_HASH");
+        refused(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [op])), "BAD_SECRET_HASH");
       }
     });
 
@@ -505,12 +558,13 @@ describe("channel state machine", function () {
       });
       const fromReceiver = forgedPropose(2, settled, [unlock(1)]);
       ok(base[1], receive(fromReceiver), T0 + HOUR);
-      rejected(base[1], receive(fromReceiver), "LOCK_EXPIRED", T0 + HOUR + 1n);
+      refused(base[1], receive(fromReceiver), "LOCK_EXPIRED", T0 + HOUR + 1n);
       const s2 = base[2].latest.state;
       const wrongSecret = forgedPropose(1, nextState(s2, {}), [unlock(5)]);
-      rejected(base[2], receive(wrongSecret), "UNKNOWN_LOCK");
+      refused(base[2], receive(wrongSecret), "UNKNOWN_LOCK");
       const bySender = forgedPropose(1, nextState(s2, {}), [unlock(1)]);
-      rejected(base[2], receive(bySender), "NOT_LOCK_RECEIVER");
+      refused(base[2], receive(bySender), "NOT_LOCK_RECEIVER");
+      refused(base[2], receive(forgedPropose(1, nextState(s2, {}), [{ type: "unlock", secret: "0x1234" }])), "WRONG_SECRET");
     });
 
     it("expire before the expiry, by the receiver, or of an unknown lock", function () {
@@ -522,10 +576,10 @@ describe("channel state machine", function () {
       ok(base[1], { type: "propose", ops: [expire(1)] }, T0 + HOUR + 1n);
       const s = base[2].latest.state;
       const early = forgedPropose(1, nextState(s, { locked1: 0n, locksRoot: locksRoot(base[2].latest.locks.slice(1)) }), [expire(1)]);
-      rejected(base[2], receive(early), "LOCK_NOT_EXPIRED", T0 + HOUR);
+      refused(base[2], receive(early), "LOCK_NOT_EXPIRED", T0 + HOUR);
       ok(base[2], receive(early), T0 + HOUR + 1n);
       const byReceiver = forgedPropose(2, nextState(s, {}), [expire(1)]);
-      rejected(base[1], receive(byReceiver), "NOT_LOCK_SENDER", T0 + HOUR + 1n);
+      refused(base[1], receive(byReceiver), "NOT_LOCK_SENDER", T0 + HOUR + 1n);
     });
 
     it("more locks than the policy allows", async function () {
@@ -539,14 +593,14 @@ describe("channel state machine", function () {
       const s = two[2].latest.state;
       const locks = [...two[2].latest.locks, { sender: 1 as const, amount: 1n, expiry: T0 + HOUR, secretHash: testSecret(3).hash }];
       const third = forgedPropose(1, nextState(s, { locked1: s.locked1 + 1n, locksRoot: locksRoot(locks) }), [lock(1n, 3)]);
-      rejected(two[2], receive(third), "TOO_MANY_LOCKS", T0, small);
+      refused(two[2], receive(third), "TOO_MANY_LOCKS", T0, small);
       // Removing one in the same batch makes room.
       ok(two[1], { type: "propose", ops: [expire(1), lock(1n, 3, T0 + 2n * HOUR)] }, T0 + HOUR + 1n, small);
     });
 
     it("an update with no operations", function () {
       rejected(base[1], { type: "propose", ops: [] }, "NO_OPS");
-      rejected(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [])), "NO_OPS");
+      refused(base[2], receive(forgedPropose(1, nextState(base[2].latest.state, {}), [])), "NO_OPS");
     });
 
     it("a proposal while one is waiting", function () {
@@ -557,42 +611,268 @@ describe("channel state machine", function () {
   });
 
   describe("concurrent proposals for the same nonce", function () {
-    it("side 1 wins; side 2 drops its own, countersigns side 1's, and can propose again", function () {
-      const ch = fresh();
-      const p1 = ok(ch[1], { type: "propose", ops: [pay(10n, 1)] });
-      const p2 = ok(ch[2], { type: "propose", ops: [pay(20n, 2)] });
-      const m1 = messageOf(p1.effects, "Propose");
-      const m2 = messageOf(p2.effects, "Propose");
-      expect(m1.state.nonce).to.equal(m2.state.nonce);
+    /** At nonce 1, both sides propose nonce 2. */
+    function crossing() {
+      const base = update(fresh(), 1, [pay(5n, 9)]);
+      const p1 = ok(base[1], { type: "propose", ops: [pay(10n, 1)] });
+      const p2 = ok(base[2], { type: "propose", ops: [pay(20n, 2)] });
+      return { base, p1, p2, m1: messageOf(p1.effects, "Propose"), m2: messageOf(p2.effects, "Propose") };
+    }
 
-      rejected(p1.channel, receive(m2), "CONFLICT");
-      const q = ok(p2.channel, receive(m1));
-      expect(q.effects[0]).to.deep.equal({ type: "proposalDropped", ops: [pay(20n, 2)] });
+    it("each side refuses the other's and drops its own on the Reject; side 1 goes first, then side 2", function () {
+      const { base, p1, p2, m1, m2 } = crossing();
+      const n = base[1].latest.state.nonce;
+      expect(m1.state.nonce).to.equal(n + 1n);
+      expect(m2.state.nonce).to.equal(n + 1n);
+      // Neither countersigns: each has already signed its own state with this nonce.
+      const r1 = refused(p1.channel, receive(m2), "CONFLICT");
+      const r2 = refused(p2.channel, receive(m1), "CONFLICT");
+      expect(r1.channel.backoffUntil, "side 1 does not wait").to.equal(0n);
+      expect(r2.channel.backoffUntil).to.equal(T0 + CONFLICT_BACKOFF_SECONDS);
+      expect(r1.channel.inflight, "its own proposal waits for the partner's answer").to.deep.equal(p1.channel.inflight);
+      rejected(r1.channel, { type: "propose", ops: [pay(1n)] }, "BUSY");
+      // Each drops its own proposal on the partner's Reject.
+      const d1 = dropsOnReject(r1.channel, r2.reject);
+      const d2 = dropsOnReject(r2.channel, r1.reject);
+      for (const c of [d1, d2]) {
+        expect(c.burnt).to.equal(n + 1n);
+        expect(c.latest).to.deep.equal(base[1].latest);
+        expect(nextNonce(c)).to.equal(n + 2n);
+      }
+      // Side 2 yields until the backoff is over.
+      rejected(d2, { type: "propose", ops: [pay(20n, 2)] }, "BUSY");
+      rejected(d2, { type: "propose", ops: [pay(20n, 2)] }, "BUSY", T0 + CONFLICT_BACKOFF_SECONDS - 1n);
+      ok(d2, { type: "propose", ops: [pay(20n, 2)] }, T0 + CONFLICT_BACKOFF_SECONDS);
+      // Side 1 proposes again at once, above the burnt nonce; side 2 countersigns it.
+      const again = ok(d1, { type: "propose", ops: [pay(10n, 1)] }, T0 + 1n);
+      const m3 = messageOf(again.effects, "Propose");
+      expect(m3.state).to.deep.equal(nextState(base[1].latest.state, { nonce: n + 2n, sent1: 15n }));
+      expect(m3.signature.revokedBelow).to.equal(n);
+      const q = ok(d2, receive(m3), T0 + 1n);
       const countersign = messageOf(q.effects, "Countersign");
-      expect(q.effects).to.deep.include({ type: "updated", nonce: 1n, proposer: 1, ops: [pay(10n, 1)] });
-      expect(q.channel.inflight).to.equal(null);
-      const done = ok(p1.channel, receive(countersign));
+      expect(countersign.signature.revokedBelow, "countersigning n+2 revokes everything below it").to.equal(n + 2n);
+      expect(q.effects).to.deep.include({ type: "updated", nonce: n + 2n, proposer: 1, ops: [pay(10n, 1)] });
+      expect(q.channel.backoffUntil, "accepting side 1's proposal ends the wait").to.equal(0n);
+      const done = ok(again.channel, receive(countersign), T0 + 1n);
       let after: Chans = { 1: done.channel, 2: q.channel };
-      expectAgreed(after, 1n);
-      // Side 2's dropped proposal is stale now.
-      rejected(after[1], receive(m2), "BAD_NONCE");
-      // Side 2 proposes its payment again, on top of side 1's.
-      after = update(after, 2, [pay(20n, 2)]);
-      expectAgreed(after, 2n);
-      expect(after[1].latest.state).to.deep.include({ sent1: 10n, sent2: 20n });
+      expectAgreed(after, n + 2n);
+      // Side 2 proposes its payment right away, on top of side 1's.
+      after = update(after, 2, [pay(20n, 2)], T0 + 1n);
+      expectAgreed(after, n + 3n);
+      expect(after[1].latest.state).to.deep.include({ sent1: 15n, sent2: 20n });
       // Neither side holds a revocation of the other's newest state.
       for (const side of [1, 2] as const) {
         expect(after[otherSide(side)].partnerRevocation!.revokedBelow <= after[side].latest.state.nonce).to.equal(true);
       }
     });
 
-    it("side 2's proposal arriving first at side 1 is still refused while side 1 waits", function () {
+    it("the order of arrival does not matter: side 2's proposal reaching side 1 first is refused too", function () {
       const ch = update(fresh(), 2, [pay(1n)]);
       const p1 = ok(ch[1], { type: "propose", ops: [pay(10n)] });
       const p2 = ok(ch[2], { type: "propose", ops: [lock(5n, 1)] });
-      rejected(p1.channel, receive(messageOf(p2.effects, "Propose")), "CONFLICT");
-      const q = ok(p2.channel, receive(messageOf(p1.effects, "Propose")));
-      expect(q.effects.map((e) => e.type)).to.deep.equal(["proposalDropped", "send", "updated"]);
+      const r1 = refused(p1.channel, receive(messageOf(p2.effects, "Propose")), "CONFLICT", T0 + 1n);
+      const r2 = refused(p2.channel, receive(messageOf(p1.effects, "Propose")), "CONFLICT", T0 + 3n);
+      expect(r1.channel.backoffUntil).to.equal(0n);
+      expect(r2.channel.backoffUntil, "side 2 yields from when it saw the conflict").to.equal(T0 + 3n + CONFLICT_BACKOFF_SECONDS);
+      const d2 = dropsOnReject(r2.channel, r1.reject, T0 + 3n);
+      const d1 = dropsOnReject(r1.channel, r2.reject, T0 + 3n);
+      expectAgreed(update({ 1: d1, 2: d2 }, 1, [pay(10n)], T0 + 3n), 3n);
+    });
+
+    it("no party signs two states with one nonce, however often the proposals arrive", function () {
+      const { base, p1, p2, m1, m2 } = crossing();
+      const n = base[1].latest.state.nonce;
+      const r1 = refused(p1.channel, receive(m2), "CONFLICT");
+      const r2 = refused(p2.channel, receive(m1), "CONFLICT");
+      const d1 = dropsOnReject(r1.channel, r2.reject);
+      const d2 = dropsOnReject(r2.channel, r1.reject);
+      // Before and after the Rejects, a proposal arriving again is only answered with its Reject:
+      // neither side countersigns the partner's state at the nonce of its own.
+      for (const [c, m] of [
+        [r1.channel, m2],
+        [d1, m2],
+        [r2.channel, m1],
+        [d2, m1],
+      ] as const) {
+        const again = ok(c, receive(m), T0 + 1n);
+        expect(again.channel).to.deep.equal(c);
+        expect(again.effects).to.have.length(1);
+        expect(messageOf(again.effects, "Reject")).to.deep.include({ channelId: pair.channelId, nonce: n + 1n, code: "CONFLICT" });
+      }
+      // A Reject of a proposal already dropped changes nothing.
+      rejected(d1, receive(r2.reject), "UNEXPECTED_MESSAGE");
+      rejected(d2, receive(r1.reject), "UNEXPECTED_MESSAGE");
+      // Each party's signatures at n+1 are over its own state only; none is fully signed.
+      for (const [side, c, m] of [
+        [1, d1, m1],
+        [2, d2, m2],
+      ] as const) {
+        expect(isUpdateSignatureBy(pair.backend, pair.channelId, hashState(m.state), m.signature, address(side))).to.equal(true);
+        expect(c.latest.state.nonce).to.equal(n);
+      }
+    });
+
+    for (const stuck of [1, 2] as const) {
+      it(`side ${stuck}, whose Reject was lost, drops its proposal when the partner proposes above it`, function () {
+        const { base, p1, p2, m1, m2 } = crossing();
+        const n = base[1].latest.state.nonce;
+        const r1 = refused(p1.channel, receive(m2), "CONFLICT");
+        const r2 = refused(p2.channel, receive(m1), "CONFLICT");
+        const refusedHere: Record<Side, ChannelData> = { 1: r1.channel, 2: r2.channel };
+        const rejectOfOwn: Record<Side, RejectMessage> = { 1: r2.reject, 2: r1.reject };
+        const mover = otherSide(stuck);
+        const now = T0 + CONFLICT_BACKOFF_SECONDS;
+        const moved = dropsOnReject(refusedHere[mover], rejectOfOwn[mover], now);
+        const p = ok(moved, { type: "propose", ops: [pay(30n, 3)] }, now);
+        const m = messageOf(p.effects, "Propose");
+        expect(m.state.nonce).to.equal(n + 2n);
+        const waiting = refusedHere[stuck];
+        const ownOps = waiting.inflight!.ops;
+        expect(waiting.inflight!.next.state.nonce).to.equal(n + 1n);
+        rejected(waiting, { type: "propose", ops: [pay(1n)] }, "BUSY", now);
+        // The partner signed n+2, so it will never sign n+1: the waiting proposal goes, n+2 is signed.
+        const q = ok(waiting, receive(m), now);
+        expect(q.effects.map((e) => e.type)).to.deep.equal(["proposalRejected", "send", "updated"]);
+        const dropped = q.effects[0]!;
+        if (dropped.type !== "proposalRejected") return expect.fail("expected proposalRejected");
+        expect(dropped.ops).to.deep.equal(ownOps);
+        expect(dropped.error.code).to.equal("CONFLICT");
+        const countersign = messageOf(q.effects, "Countersign");
+        expect(countersign.signature.revokedBelow).to.equal(n + 2n);
+        expect(q.channel.inflight).to.equal(null);
+        expect(q.channel.backoffUntil).to.equal(0n);
+        const done = ok(p.channel, receive(countersign), now);
+        let after = { [mover]: done.channel, [stuck]: q.channel } as unknown as Chans;
+        expectAgreed(after, n + 2n);
+        // The lost Reject, arriving late after all, changes nothing.
+        rejected(q.channel, receive(rejectOfOwn[stuck]), "UNEXPECTED_MESSAGE", now);
+        // The dropped operations are proposed again, above.
+        after = update(after, stuck, ownOps, now);
+        expectAgreed(after, n + 3n);
+        // The mover's 30, then the stuck side's own payment (side 1's 10 or side 2's 20).
+        expect(after[1].latest.state).to.deep.include(stuck === 1 ? { sent1: 15n, sent2: 30n } : { sent1: 35n, sent2: 20n });
+      });
+    }
+
+    it("a proposal above the waiting one that is itself invalid is refused, and the waiting one still goes", function () {
+      const { p1, p2, m1, m2 } = crossing();
+      const r1 = refused(p1.channel, receive(m2), "CONFLICT");
+      const r2 = refused(p2.channel, receive(m1), "CONFLICT");
+      // Side 1's Reject of side 2's proposal is lost; side 1 proposes more than it has.
+      const d1 = dropsOnReject(r1.channel, r2.reject);
+      const s = d1.latest.state;
+      const tooMuch = forgedPropose(1, nextState(s, { nonce: s.nonce + 2n, sent1: s.sent1 + 996n }), [pay(996n)]);
+      const r = run(r2.channel, receive(tooMuch));
+      if (!r.ok) return expect.fail(`refused with ${r.error.code}`);
+      expect(r.effects.map((e) => e.type)).to.deep.equal(["proposalRejected", "send"]);
+      expect(r.effects[0]).to.deep.include({ type: "proposalRejected", ops: [pay(20n, 2)] });
+      expect(messageOf(r.effects, "Reject")).to.deep.include({ nonce: s.nonce + 2n, code: "INSUFFICIENT_BALANCE" });
+      expect(r.channel).to.deep.equal({ ...r2.channel, inflight: null, burnt: s.nonce + 2n });
+    });
+  });
+
+  describe("refused proposals", function () {
+    const reject = (nonce: bigint, code: ChannelErrorCode = "INSUFFICIENT_BALANCE"): RejectMessage => ({
+      type: "Reject",
+      channelId: pair.channelId,
+      nonce,
+      code,
+      reason: "refused",
+    });
+
+    it("unblock their proposer, which proposes again above the burnt nonce", function () {
+      const ch = update(fresh(), 2, [pay(7n)]);
+      const p = ok(ch[1], { type: "propose", ops: [lock(10n, 1, T0 + pair.policy.minLockSeconds)] });
+      const m = messageOf(p.effects, "Propose");
+      expect(m.state.nonce).to.equal(2n);
+      rejected(p.channel, { type: "propose", ops: [pay(1n)] }, "BUSY");
+      // It arrives a second late: the lock's expiry is now too close for side 2.
+      const r = refused(ch[2], receive(m), "LOCK_EXPIRY_OUT_OF_BOUNDS", T0 + 1n);
+      expect(r.channel.backoffUntil, "only a conflict makes side 2 wait").to.equal(0n);
+      const d = dropsOnReject(p.channel, r.reject, T0 + 1n);
+      expect(d.latest).to.deep.equal(ch[1].latest);
+      expect(d.burnt).to.equal(2n);
+      expect(nextNonce(d)).to.equal(3n);
+      expect(nextNonce(r.channel)).to.equal(3n);
+      // Both keep the burnt nonce across a restart.
+      expect(restored(d)).to.deep.equal(d);
+      expect(restored(r.channel)).to.deep.equal(r.channel);
+      // The proposer is free again; its next proposal skips the burnt nonce and the partner signs it.
+      const again = ok(restored(d), { type: "propose", ops: [lock(10n, 1, T0 + HOUR)] }, T0 + 1n);
+      const m2 = messageOf(again.effects, "Propose");
+      expect(m2.state).to.deep.include({ nonce: 3n, sent2: 7n, locked1: 10n });
+      expect(m2.signature.revokedBelow).to.equal(1n);
+      const q = ok(restored(r.channel), receive(m2), T0 + 1n);
+      const countersign = messageOf(q.effects, "Countersign");
+      expect(countersign.signature.revokedBelow).to.equal(3n);
+      const done = ok(again.channel, receive(countersign), T0 + 1n);
+      const after: Chans = { 1: done.channel, 2: q.channel };
+      expectAgreed(after, 3n);
+      expect(after[1].partnerRevocation?.revokedBelow).to.equal(3n);
+      expectAgreed(update(after, 2, [pay(1n)], T0 + 1n), 4n);
+    });
+
+    it("a proposal sent again after its Reject was lost is answered with the Reject again", function () {
+      const ch = fresh();
+      const p = ok(ch[1], { type: "propose", ops: [lock(10n, 1, T0 + pair.policy.minLockSeconds)] });
+      const m = messageOf(p.effects, "Propose");
+      const r = refused(ch[2], receive(m), "LOCK_EXPIRY_OUT_OF_BOUNDS", T0 + 1n);
+      // The Reject is lost: the proposer can neither update nor close; it sends its proposal again.
+      rejected(p.channel, { type: "propose", ops: [pay(1n)] }, "BUSY", T0 + 10n);
+      rejected(p.channel, { type: "requestCooperativeClose" }, "BUSY", T0 + 10n);
+      const again = ok(r.channel, receive(m), T0 + 10n);
+      expect(again.channel, "nothing changes, nothing is signed").to.deep.equal(r.channel);
+      expect(again.effects).to.have.length(1);
+      const answer = messageOf(again.effects, "Reject");
+      expect(answer).to.deep.include({ channelId: pair.channelId, nonce: 1n, code: "CONFLICT" });
+      expect(answer.reason).to.be.a("string").and.not.empty;
+      // Only the partner's own signature on a burnt nonce is answered; other nonces are still wrong.
+      rejected(r.channel, receive(forgedPropose(1, m.state, m.ops, { signer: pair.mallory })), "BAD_SIGNATURE");
+      rejected(r.channel, receive({ ...m, state: { ...m.state, locked1: m.state.locked1 + 1n } }), "BAD_SIGNATURE");
+      rejected(r.channel, receive(forgedPropose(1, { ...m.state, nonce: 3n }, m.ops)), "BAD_NONCE");
+      rejected(r.channel, receive(forgedPropose(1, { ...m.state, nonce: 0n }, m.ops, { revokedBelow: 0n })), "BAD_NONCE");
+      // The proposer drops it, and proposes again above the burnt nonce.
+      const d = dropsOnReject(p.channel, answer, T0 + 10n);
+      const after = update({ 1: d, 2: r.channel }, 1, [lock(10n, 1, T0 + HOUR)], T0 + 10n);
+      expectAgreed(after, 2n);
+      // Late copies of either Reject, and the old proposal below the newest state, change nothing.
+      rejected(after[1], receive(r.reject), "UNEXPECTED_MESSAGE");
+      rejected(after[1], receive(answer), "UNEXPECTED_MESSAGE");
+      rejected(after[2], receive(m), "BAD_NONCE");
+    });
+
+    it("a Reject of no waiting proposal changes nothing", function () {
+      const ch = update(fresh(), 1, [pay(1n)]);
+      const p = ok(ch[2], { type: "propose", ops: [pay(2n)] });
+      const nonce = p.channel.inflight!.next.state.nonce;
+      for (const n of [0n, 1n, nonce + 1n, 100n]) rejected(p.channel, receive(reject(n)), "UNEXPECTED_MESSAGE");
+      rejected(ch[2], receive(reject(nonce)), "UNEXPECTED_MESSAGE");
+      rejected(p.channel, receive({ ...reject(nonce), nonce: Number(nonce) as unknown as bigint }), "UNEXPECTED_MESSAGE");
+      const otherId = makeChannelId(DOMAIN.chainId, DOMAIN.verifyingContract, pair.configs[1].participant1, pair.configs[1].participant2, 2);
+      rejected(p.channel, receive({ ...reject(nonce), channelId: otherId }), "WRONG_CHANNEL");
+      // Once countersigned, a Reject of that nonce has nothing to drop.
+      const q = ok(ch[1], receive(messageOf(p.effects, "Propose")));
+      const done = ok(p.channel, receive(messageOf(q.effects, "Countersign")));
+      rejected(done.channel, receive(reject(nonce)), "UNEXPECTED_MESSAGE");
+      // A matching one drops the proposal once; a duplicate then changes nothing.
+      const d = dropsOnReject(p.channel, reject(nonce));
+      rejected(d, receive(reject(nonce)), "UNEXPECTED_MESSAGE");
+      // Closed on chain: nothing waits any more.
+      rejected(ok(p.channel, { type: "closedOnChain" }).channel, receive(reject(nonce)), "UNEXPECTED_MESSAGE");
+    });
+
+    it("a Reject's code and reason are taken with care", function () {
+      const p = ok(pair.initial[1], { type: "propose", ops: [pay(2n)] });
+      const long = ok(p.channel, receive({ ...reject(1n, "NOT_OPEN"), reason: "x".repeat(10_000) }));
+      const e = long.effects[0]!;
+      if (e.type !== "proposalRejected") return expect.fail("expected proposalRejected");
+      expect(e.error.code).to.equal("NOT_OPEN");
+      expect(e.error.message.length).to.be.below(600);
+      const odd = ok(p.channel, receive({ ...reject(1n), code: 7 as unknown as ChannelErrorCode, reason: null as unknown as string }));
+      expect(odd.effects).to.deep.equal([
+        { type: "proposalRejected", ops: [pay(2n)], error: { code: "STATE_MISMATCH", message: "the partner refused: " } },
+      ]);
+      expect(odd.channel).to.deep.equal(long.channel);
     });
   });
 
@@ -682,7 +962,7 @@ describe("channel state machine", function () {
       rejected(chans[1], { type: "propose", ops: [pay(301n)] }, "INSUFFICIENT_BALANCE");
       rejected(chans[1], { type: "requestWithdraw", amount: 1n, expiry: EXPIRY }, "WITHDRAW_PENDING");
       const s = chans[2].latest.state;
-      rejected(chans[2], receive(forgedPropose(1, nextState(s, { sent1: 301n }), [pay(301n)])), "INSUFFICIENT_BALANCE");
+      refused(chans[2], receive(forgedPropose(1, nextState(s, { sent1: 301n }), [pay(301n)])), "INSUFFICIENT_BALANCE");
       const after = update(chans, 1, [pay(300n)]);
       expect(balances(after[1]).availableMine).to.equal(0n);
       // The partner may still withdraw its own share.
@@ -802,8 +1082,9 @@ describe("channel state machine", function () {
         rejected(closing, { type: "requestCooperativeClose" }, "NOT_OPEN");
       }
       // A proposal made before the partner saw the close is refused by the closing side.
-      rejected(r.channel, receive(forgedPropose(1, nextState(ch[2].latest.state, { sent1: 251n }), [pay(1n)])), "NOT_OPEN");
-      rejected(c.channel, receive(forgedPropose(2, nextState(ch[1].latest.state, { sent2: 1n }), [pay(1n)])), "NOT_OPEN");
+      refused(r.channel, receive(forgedPropose(1, nextState(ch[2].latest.state, { sent1: 251n }), [pay(1n)])), "NOT_OPEN");
+      refused(c.channel, receive(forgedPropose(2, nextState(ch[1].latest.state, { sent2: 1n }), [pay(1n)])), "NOT_OPEN");
+      refused(done.channel, receive(forgedPropose(1, nextState(ch[2].latest.state, { sent1: 251n }), [pay(1n)])), "NOT_OPEN");
       // A repeated confirmation is harmless.
       const again = ok(done.channel, receive(confirm));
       expect(again.channel).to.deep.equal(done.channel);
@@ -879,7 +1160,7 @@ describe("channel state machine", function () {
       const ready = { type: "cooperativeCloseReady", terms: m1.terms, sig1: m1.signature, sig2: m2.signature };
       expect(a.effects).to.deep.include(ready);
       expect(b.effects).to.deep.include(ready);
-      expect(a.channel.closeTerms).to.deep.equal({ terms: m1.terms, sig1: m1.signature, sig2: m2.signature });
+      expect(a.channel.closeTerms).to.deep.equal({ terms: m1.terms, sig1: m1.signature, sig2: m2.signature, sentAt: T0 });
       expect(b.channel.closeTerms).to.deep.equal(a.channel.closeTerms);
       // ... but only with the partner's own signature on the same terms.
       const forged = { ...m2, signature: bytesToHex(pair.mallory.signDigest(cooperativeCloseDigestBytes(DOMAIN, m2.terms))) };
@@ -889,6 +1170,82 @@ describe("channel state machine", function () {
       rejected(r1.channel, receive(different), "UNEXPECTED_MESSAGE");
       // Once complete, a repeated request changes nothing.
       rejected(a.channel, receive(m2), "NOT_OPEN");
+    });
+
+    it("a close request crossing a proposal: the proposal is refused, the request asked again succeeds", function () {
+      const ch = update(fresh(), 1, [pay(100n)]);
+      const p = ok(ch[1], { type: "propose", ops: [pay(5n)] });
+      const propose = messageOf(p.effects, "Propose");
+      const c = ok(ch[2], { type: "requestCooperativeClose" });
+      const request = messageOf(c.effects, "CloseRequest");
+      const terms = { channelId: pair.channelId, balance1: 900n, balance2: 1100n };
+      expect(request.terms).to.deep.equal(terms);
+      expect(c.channel.closeTerms).to.deep.equal({ terms, sig1: null, sig2: request.signature, sentAt: T0 });
+      // Each receives the other's message: the closing side refuses the proposal, the proposer is busy.
+      const r = refused(c.channel, receive(propose), "NOT_OPEN", T0 + 1n);
+      rejected(p.channel, receive(request), "BUSY", T0 + 1n);
+      const d = dropsOnReject(p.channel, r.reject, T0 + 1n);
+      // Not asked again before its time ...
+      const early = ok(r.channel, { type: "tick" }, T0 + CLOSE_RESEND_SECONDS - 1n);
+      expect(early.effects).to.deep.equal([]);
+      expect(early.channel).to.deep.equal(r.channel);
+      // ... then asked again, and confirmed by the now idle proposer.
+      const t = T0 + CLOSE_RESEND_SECONDS;
+      const resent = ok(r.channel, { type: "tick" }, t);
+      expect(resent.effects).to.deep.equal([{ type: "send", message: request }]);
+      expect(resent.channel).to.deep.equal({ ...r.channel, closeTerms: { ...r.channel.closeTerms!, sentAt: t } });
+      const confirmed = ok(d, receive(request), t);
+      const confirm = messageOf(confirmed.effects, "CloseConfirm");
+      const ready = { type: "cooperativeCloseReady", terms, sig1: confirm.signature, sig2: request.signature };
+      expect(confirmed.effects).to.deep.include(ready);
+      const done = ok(resent.channel, receive(confirm), t);
+      expect(done.effects).to.deep.equal([ready]);
+      // The refused payment is in neither copy: both close with the newest fully signed state.
+      for (const x of [confirmed.channel, done.channel]) {
+        expect(x.status).to.equal("closing");
+        expect(x.closeTerms).to.deep.include({ terms, sig1: confirm.signature, sig2: request.signature });
+        expect(x.latest).to.deep.equal(ch[1].latest);
+        expect(x.inflight).to.equal(null);
+        const later = ok(x, { type: "tick" }, t + 10n * CLOSE_RESEND_SECONDS);
+        expect(later.effects, "nothing more to ask").to.deep.equal([]);
+      }
+    });
+
+    it("an unanswered close request is asked again every CLOSE_RESEND_SECONDS, until answered", function () {
+      const ch = fresh();
+      const r = ok(ch[1], { type: "requestCooperativeClose" });
+      const request = messageOf(r.effects, "CloseRequest");
+      let c = r.channel;
+      for (const t of [T0, T0 + 1n, T0 + CLOSE_RESEND_SECONDS - 1n]) {
+        const quiet = ok(c, { type: "tick" }, t);
+        expect(quiet.effects).to.deep.equal([]);
+        expect(quiet.channel).to.deep.equal(c);
+      }
+      // A late tick asks once, and the next wait counts from then.
+      let last = T0;
+      for (const late of [0n, 7n, 0n]) {
+        const at = last + CLOSE_RESEND_SECONDS + late;
+        const again = ok(c, { type: "tick" }, at);
+        expect(again.effects).to.deep.equal([{ type: "send", message: request }]);
+        expect(again.channel).to.deep.equal({ ...c, closeTerms: { ...c.closeTerms!, sentAt: at } });
+        expect(ok(again.channel, { type: "tick" }, at + CLOSE_RESEND_SECONDS - 1n).effects).to.deep.equal([]);
+        c = restored(again.channel);
+        expect(c).to.deep.equal(again.channel);
+        last = at;
+      }
+      // Answered: the requester, and the side that confirmed, never ask again.
+      const q = ok(ch[2], receive(request), last + 1n);
+      const done = ok(c, receive(messageOf(q.effects, "CloseConfirm")), last + 1n);
+      for (const x of [done.channel, q.channel]) {
+        expect(ok(x, { type: "tick" }, last + 100n * CLOSE_RESEND_SECONDS).effects).to.deep.equal([]);
+      }
+      // Closed on chain meanwhile: nothing to ask either.
+      const closed = ok(c, { type: "closedOnChain" });
+      expect(ok(closed.channel, { type: "tick" }, last + 100n * CLOSE_RESEND_SECONDS).effects).to.deep.equal([]);
+      // Both asked at once and each confirmed the other: nothing to ask.
+      const both = [ok(ch[1], { type: "requestCooperativeClose" }), ok(ch[2], { type: "requestCooperativeClose" })] as const;
+      const a = ok(both[0].channel, receive(messageOf(both[1].effects, "CloseRequest")));
+      expect(ok(a.channel, { type: "tick" }, T0 + 100n * CLOSE_RESEND_SECONDS).effects).to.deep.equal([]);
     });
   });
 
@@ -906,9 +1263,14 @@ describe("channel state machine", function () {
       // The partner accepts a payment the new deposit covers once it has seen it too.
       const p = ok(f.channel, { type: "propose", ops: [pay(1200n)] });
       const m = messageOf(p.effects, "Propose");
-      rejected(pair.initial[2], receive(m), "INSUFFICIENT_BALANCE");
+      const early = refused(pair.initial[2], receive(m), "INSUFFICIENT_BALANCE");
       const f2 = ok(pair.initial[2], { type: "fundingChanged", funding: { ...pair.funding, deposit1: 1500n } });
       ok(f2.channel, receive(m));
+      // Once refused, the same proposal is never signed, even where it has become valid since.
+      const seen = ok(early.channel, { type: "fundingChanged", funding: { ...pair.funding, deposit1: 1500n } });
+      const again = ok(seen.channel, receive(m));
+      expect(again.channel).to.deep.equal(seen.channel);
+      expect(messageOf(again.effects, "Reject").nonce).to.equal(m.state.nonce);
     });
 
     it("a credit line counts for its side", function () {
@@ -927,6 +1289,10 @@ describe("channel state machine", function () {
       rejected(closed.channel, { type: "propose", ops: [pay(1n)] }, "NOT_OPEN");
       rejected(closed.channel, { type: "requestWithdraw", amount: 1n, expiry: T0 + 60n }, "NOT_OPEN");
       rejected(closed.channel, { type: "requestCooperativeClose" }, "NOT_OPEN");
+      // The partner's proposal after the close is refused; the proposer drops it.
+      const q = ok(pair.initial[2], { type: "propose", ops: [pay(2n)] });
+      const r = refused(closed.channel, receive(messageOf(q.effects, "Propose")), "NOT_OPEN");
+      dropsOnReject(q.channel, r.reject);
     });
   });
 });

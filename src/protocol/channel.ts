@@ -17,8 +17,10 @@
  * receiver, removal after expiry by the sender). So a countersigner's definite share never goes
  * down, which is what makes the contract's "pay the non-closer at close" safe (docs/contracts.md).
  *
- * Concurrent proposals for the same nonce are resolved without a round trip: side 1's proposal
- * wins; side 2 drops its own (returned as `proposalDropped` so the caller can re-propose).
+ * No party ever signs two different states with the same nonce. A proposal the partner refuses
+ * is answered with `Reject`, which burns its nonce on both sides; the proposer drops it and may
+ * propose again above it. When both sides propose the same nonce at once, each refuses the
+ * other's (CONFLICT); side 2 then yields for a moment so that side 1's retry goes first.
  */
 import {
   cooperativeCloseDigestBytes,
@@ -546,7 +548,9 @@ function receivePropose(c: ChannelData, m: Extract<ChannelMessage, { type: "Prop
   const me = c.config.me;
   const them = other(me);
   const expectedNonce = nextNonce(c);
-  if (m.state.nonce !== expectedNonce) {
+  // A nonce this node has burnt (and will never sign): the proposer is still waiting for its Reject.
+  const refusedBefore = m.state.nonce > c.latest.state.nonce && m.state.nonce <= c.burnt;
+  if (m.state.nonce !== expectedNonce && !refusedBefore) {
     return fail("BAD_NONCE", `proposal nonce ${m.state.nonce}, expected ${expectedNonce}`);
   }
   if (m.state.channelId !== c.config.channelId) return fail("WRONG_CHANNEL", "the proposed state names another channel");
@@ -559,14 +563,33 @@ function receivePropose(c: ChannelData, m: Extract<ChannelMessage, { type: "Prop
   if (!Array.isArray(m.ops) || !verifyUpdate(c, stateHash, m.signature, participant(c, them), deps)) {
     return fail("BAD_SIGNATURE", "the proposal is not signed by the partner");
   }
+  if (refusedBefore) {
+    // Sent again, so the Reject was lost (or overtaken): repeat it, changing nothing. The proposer
+    // drops its proposal and proposes again above this nonce.
+    const reason = `nonce ${m.state.nonce} was refused before; propose again above ${c.burnt}`;
+    const again: ChannelMessage = { type: "Reject", channelId: c.config.channelId, nonce: m.state.nonce, code: "CONFLICT", reason };
+    return { ok: true, channel: c, effects: [{ type: "send", message: again }] };
+  }
   // From here on the proposal is authentic: refusing it burns its nonce on both sides, so that
   // neither ever signs two different states with one nonce.
-  if (c.inflight) return rejectProposal(c, m.state.nonce, "CONFLICT", "both sides proposed the same nonce", deps);
-  if (c.status !== "open" || c.closeTerms) return rejectProposal(c, m.state.nonce, "NOT_OPEN", `channel is ${c.status}`, deps);
+  const dropped: ChannelEffect[] = [];
+  if (c.inflight && c.inflight.next.state.nonce < m.state.nonce) {
+    // The partner signed a proposal above this node's own: it has passed that nonce and will never
+    // countersign it (its Reject was lost or is late). Drop it, and judge the new one on its merits.
+    const error: ChannelError = { code: "CONFLICT", message: `the partner moved past nonce ${c.inflight.next.state.nonce}` };
+    dropped.push({ type: "proposalRejected", ops: c.inflight.ops, error });
+    c = { ...c, inflight: null };
+  }
+  const refuse = (code: ChannelErrorCode, reason: string): Transition => {
+    const r = rejectProposal(c, m.state.nonce, code, reason, deps);
+    return r.ok ? { ...r, effects: [...dropped, ...r.effects] } : r;
+  };
+  if (c.inflight) return refuse("CONFLICT", "both sides proposed the same nonce");
+  if (c.status !== "open" || c.closeTerms) return refuse("NOT_OPEN", `channel is ${c.status}`);
   const applied = applyOps(c, m.ops, them, deps);
-  if (!applied.ok) return rejectProposal(c, m.state.nonce, applied.error.code, applied.error.message, deps);
+  if (!applied.ok) return refuse(applied.error.code, applied.error.message);
   if (!sameState(applied.state, m.state)) {
-    return rejectProposal(c, m.state.nonce, "STATE_MISMATCH", "the proposed state is not what its operations produce", deps);
+    return refuse("STATE_MISMATCH", "the proposed state is not what its operations produce");
   }
   // Countersign and revoke the previous state in one signature.
   const revokedBelow = m.state.nonce;
@@ -582,6 +605,7 @@ function receivePropose(c: ChannelData, m: Extract<ChannelMessage, { type: "Prop
       backoffUntil: 0n,
     },
     effects: [
+      ...dropped,
       { type: "send", message: { type: "Countersign", channelId: c.config.channelId, nonce: m.state.nonce, signature: mySig } },
       { type: "updated", nonce: m.state.nonce, proposer: them, ops: m.ops },
     ],

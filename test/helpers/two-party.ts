@@ -1,7 +1,8 @@
 /**
  * Two parties of one channel with real keys, and a simulator that carries their messages over two
- * unreliable queues (reordered, duplicated, delayed) under a shared clock. Used by the channel unit
- * and property tests.
+ * unreliable queues (reordered, duplicated, delayed, lost) under a shared clock. It records every
+ * `Update` signature each party makes and fails as soon as one party signs two different states
+ * with the same nonce. Used by the channel unit and property tests.
  */
 import { keccak_256 } from "@noble/hashes/sha3.js";
 import {
@@ -196,6 +197,9 @@ export interface Delivery {
 
 export class ChannelInputMutated extends Error {}
 
+/** One party signed two different states with the same nonce: the partner could pick either. */
+export class TwoStatesSigned extends Error {}
+
 /**
  * Both parties' channels, the messages on their way to each (`inbox[2]` holds what side 1 sent),
  * and a clock. Every transition goes through `apply`, which checks that the input channel is never
@@ -211,6 +215,11 @@ export class TwoParty {
   deliveredRevocation: Record<Side, bigint> = { 1: 0n, 2: 0n };
   /** Every `Update` signature each side has put in a message (for the partner to misuse). */
   emitted: Record<Side, CarriedSignature[]> = { 1: [], 2: [] };
+  /**
+   * nonce -> hash of the one state each side has signed with that nonce, from every `Update`
+   * signature it sent or that either channel holds.
+   */
+  readonly signedStates: Record<Side, Map<bigint, Hex>> = { 1: new Map(), 2: new Map() };
   /** secret hash -> secret, for every secret a lock was made with. */
   readonly secrets = new Map<Hex, Hex>();
   readonly log: string[] = [];
@@ -237,10 +246,33 @@ export class TwoParty {
     if (encodeJson(before) !== snapshot) throw new ChannelInputMutated(`transition mutated its input (${input.type} on side ${side})`);
     if (!result.ok) return result;
     this.channels[side] = result.channel;
+    this.noteHeld(result.channel);
     for (const effect of result.effects) {
       if (effect.type === "send") this.send(side, effect.message);
     }
     return result;
+  }
+
+  /** Records that `side` signed the state with `stateHash` as nonce `nonce`; throws on a second one. */
+  noteSigned(side: Side, nonce: bigint, stateHash: Hex, where: string): void {
+    const seen = this.signedStates[side].get(nonce);
+    if (seen === undefined) this.signedStates[side].set(nonce, stateHash);
+    else if (seen !== stateHash) throw new TwoStatesSigned(`side ${side} signed two different states with nonce ${nonce} (${where})`);
+  }
+
+  /** Records the signatures a channel holds: both on its newest state, its own on its proposal. */
+  noteHeld(c: ChannelData): void {
+    const latest = c.latest;
+    if (latest.state.nonce > 0n) {
+      const h = hashState(latest.state);
+      if (latest.sig1) this.noteSigned(1, latest.state.nonce, h, `held by side ${c.config.me}`);
+      if (latest.sig2) this.noteSigned(2, latest.state.nonce, h, `held by side ${c.config.me}`);
+    }
+    const next = c.inflight?.next;
+    if (next) {
+      const mine = c.config.me === 1 ? next.sig1 : next.sig2;
+      if (mine) this.noteSigned(c.config.me, next.state.nonce, hashState(next.state), "its proposal");
+    }
   }
 
   private send(from: Side, message: ChannelMessage): void {
@@ -260,6 +292,8 @@ export class TwoParty {
         break;
     }
     if (carried) {
+      const nonce = message.type === "Propose" ? message.state.nonce : latest.state.nonce;
+      this.noteSigned(from, nonce, carried.stateHash, message.type);
       this.emitted[from].push(carried);
       if (carried.revokedBelow > this.emittedRevocation[from]) this.emittedRevocation[from] = carried.revokedBelow;
     }
@@ -296,6 +330,32 @@ export class TwoParty {
     const queue = this.inbox[to];
     const head = queue.shift();
     if (head) queue.push(head);
+  }
+
+  /** `inbox[to][index]` is lost for good: nobody sends it again unless the protocol asks for it. */
+  lose(to: Side, index: number): Envelope | null {
+    const queue = this.inbox[to];
+    if (queue.length === 0) return null;
+    const [lost] = queue.splice(index % queue.length, 1);
+    if (lost) this.log.push(`lose ${lost.message.type} -> ${to}`);
+    return lost ?? null;
+  }
+
+  /**
+   * What a node does with a proposal nobody answered: sends it again (unless a copy is still on its
+   * way). True if it did.
+   */
+  resendProposal(side: Side): boolean {
+    const c = this.channels[side];
+    const next = c.inflight?.next;
+    const signature = next && (side === 1 ? next.sig1 : next.sig2);
+    if (!c.inflight || !next || !signature) return false;
+    const queued = this.inbox[other(side)].some(
+      (e) => e.message.type === "Propose" && e.message.state.nonce === next.state.nonce && e.from === side,
+    );
+    if (queued) return false;
+    this.send(side, { type: "Propose", channelId: c.config.channelId, state: next.state, ops: c.inflight.ops, signature });
+    return true;
   }
 
   /**
