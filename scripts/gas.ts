@@ -14,9 +14,11 @@
 import { hexlify, keccak256, randomBytes, AbiCoder, type HDNodeWallet } from "ethers";
 import { Harness, emptyState, type LockValue, type StateValue } from "../src/devkit/harness.js";
 import type { Mode } from "../src/chain/deploy.js";
+import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 
 /** Raiden TokenNetwork v0.50 published gas. */
-const RAIDEN: Record<string, number | null> = {
+export const RAIDEN: Record<string, number | null> = {
   open: 86_418,
   deposit: 76_406,
   withdraw: 115_057,
@@ -28,13 +30,13 @@ const RAIDEN: Record<string, number | null> = {
   penalize: null,
 };
 
-interface Row {
+export interface Row {
   call: string;
   gas: number;
   raidenGas: number | null;
 }
 
-async function measure(mode: Mode): Promise<Row[]> {
+export async function measure(mode: Mode): Promise<Row[]> {
   const period = 600;
   const h = await Harness.start(mode, period);
   const gas = new Map<string, number>();
@@ -142,12 +144,15 @@ function printTable(rows: Row[], mode: Mode): void {
   console.log(over.length === 0 ? "every call is at most 0.8 of Raiden's" : `above 0.8 of Raiden's: ${over.map((r) => r.call).join(", ")}`);
 }
 
-const args = process.argv.slice(2);
-const modeArg = args.includes("--mode") ? args[args.indexOf("--mode") + 1] : "collateral";
-if (modeArg !== "collateral" && modeArg !== "issuer") {
-  console.error(`--mode must be collateral or issuer, not ${modeArg}`);
-  process.exit(2);
+// Run as a script (npm run gas); imported (the benchmark), it only provides measure().
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  const args = process.argv.slice(2);
+  const modeArg = args.includes("--mode") ? args[args.indexOf("--mode") + 1] : "collateral";
+  if (modeArg !== "collateral" && modeArg !== "issuer") {
+    console.error(`--mode must be collateral or issuer, not ${modeArg}`);
+    process.exit(2);
+  }
+  const rows = await measure(modeArg);
+  if (args.includes("--json")) console.log(JSON.stringify(rows, null, 2));
+  else printTable(rows, modeArg);
 }
-const rows = await measure(modeArg);
-if (args.includes("--json")) console.log(JSON.stringify(rows, null, 2));
-else printTable(rows, modeArg);

@@ -13,7 +13,7 @@ import type { NodeEventMap, NodeMethods } from "../node/api.js";
 import { RpcClient } from "../rpc/index.js";
 
 /** The keystore password: --password-file, else STARLING_PASSWORD. */
-function password(opts: { passwordFile?: string }): string {
+export function password(opts: { passwordFile?: string }): string {
   if (opts.passwordFile) return readFileSync(opts.passwordFile, "utf8").replace(/\r?\n$/, "");
   const env = process.env.STARLING_PASSWORD;
   if (env) return env;
@@ -25,6 +25,12 @@ function parsePeer(value: string, previous: { address: string; multiaddrs: strin
   const at = value.indexOf("@");
   if (at < 0) throw new Error(`--peer takes address@multiaddr, got ${value}`);
   return [...previous, { address: value.slice(0, at), multiaddrs: [value.slice(at + 1)] }];
+}
+
+function towerPeer(value: string): { address: string; multiaddrs: string[] } {
+  const at = value.indexOf("@");
+  if (at < 0) throw new Error(`--watchtower takes address@multiaddr, got ${value}`);
+  return { address: value.slice(0, at), multiaddrs: [value.slice(at + 1)] };
 }
 
 interface ClientOptions {
@@ -88,7 +94,7 @@ export function registerNodeCommands(program: Command): void {
   program
     .command("init")
     .description("create a node: an encrypted keystore, an RPC token and <data-dir>/config.json")
-    .requiredOption("--role <role>", "hub (the system account) or user")
+    .requiredOption("--role <role>", "hub (the system account), user, or watchtower (see `starling watchtower --help`)")
     .option("-d, --data-dir <dir>", "where the node keeps its key, database and config", ".data/node")
     .option("--password-file <file>", "file holding the keystore password (or set STARLING_PASSWORD)")
     .option("--private-key-file <file>", "import this hex private key instead of generating one")
@@ -97,6 +103,7 @@ export function registerNodeCommands(program: Command): void {
     .option("--rpc-port <port>", "port of the node's JSON-RPC WebSocket server (127.0.0.1)", "8760")
     .option("--p2p-port <port>", "libp2p TCP port on 127.0.0.1 (0 picks one)", "0")
     .option("--peer <address@multiaddr>", "a peer to connect to at start (a user's hub; a hub's partner hub); repeatable", parsePeer)
+    .option("--watchtower <address@multiaddr>", "hand this node's channels to this watchtower after every update")
     .option("--confirmations <n>", "blocks a transaction or event needs", "1")
     .option("--scrypt-n <n>", "keystore scrypt cost (default 131072; lower only for tests)")
     .addHelpText(
@@ -118,17 +125,19 @@ The hub's address and multiaddr are printed by \`starling info -d .data/hub\`.`,
       rpcPort: string;
       p2pPort: string;
       peer?: { address: string; multiaddrs: string[] }[];
+      watchtower?: string;
       confirmations: string;
       scryptN?: string;
     }) => {
       const dataDir = resolve(opts.dataDir);
       if (existsSync(configFile(dataDir))) throw new Error(`${configFile(dataDir)} exists already: this node is initialised`);
       const input: ConfigInput = {
-        role: opts.role as "hub" | "user",
+        role: opts.role as "hub" | "user" | "watchtower",
         dataDir,
         chain: { rpcUrl: opts.chainRpc, confirmations: Number(opts.confirmations) },
         p2p: { listen: [`/ip4/127.0.0.1/tcp/${Number(opts.p2pPort)}`], peers: opts.peer ?? [] },
         rpc: { port: Number(opts.rpcPort) },
+        ...(opts.watchtower ? { watchtower: towerPeer(opts.watchtower) } : {}),
       };
       const config = parseConfig(input); // validate before creating anything
       const privateKey = opts.privateKeyFile ? readFileSync(opts.privateKeyFile, "utf8").trim() : undefined;
@@ -141,7 +150,7 @@ The hub's address and multiaddr are printed by \`starling info -d .data/hub\`.`,
       const file = writeConfig(input);
       console.log(`address ${address}`);
       console.log(`config  ${file}`);
-      console.log(`start it with: starling start -d ${opts.dataDir}`);
+      console.log(`start it with: starling ${config.role === "watchtower" ? "watchtower" : "start"} -d ${opts.dataDir}`);
     });
 
   program

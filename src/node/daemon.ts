@@ -11,7 +11,7 @@ import { dataPath, type Config } from "../config.js";
 import { unlockKeystore } from "../keystore.js";
 import { RpcServer } from "../rpc/index.js";
 import { nodeRegistry } from "./api.js";
-import { StarlingNode } from "./node.js";
+import { StarlingNode, type NodeStats } from "./node.js";
 
 export interface Daemon {
   node: StarlingNode;
@@ -27,6 +27,19 @@ export function readRpcToken(config: Config): string {
   return token;
 }
 
+/**
+ * STARLING_CLOCK_OFFSET_SECONDS=<n> runs the node's clock n seconds ahead (lock and withdrawal
+ * expiries), so tests can let expiries pass without waiting; they move chain time to match
+ * (`evm_increaseTime`). Not for real nodes.
+ */
+export function clockFromEnv(env: NodeJS.ProcessEnv): (() => bigint) | undefined {
+  const v = env.STARLING_CLOCK_OFFSET_SECONDS;
+  if (v === undefined || v === "") return undefined;
+  if (!/^-?\d+$/.test(v)) throw new Error(`STARLING_CLOCK_OFFSET_SECONDS must be an integer, got ${v}`);
+  const offset = BigInt(v);
+  return () => BigInt(Math.floor(Date.now() / 1000)) + offset;
+}
+
 export function createLogger(config: Config): Logger {
   return pino({ level: config.log.level, base: { role: config.role } }, pino.destination(2));
 }
@@ -34,7 +47,9 @@ export function createLogger(config: Config): Logger {
 export async function startDaemon(config: Config, password: string, logger = createLogger(config)): Promise<Daemon> {
   const token = readRpcToken(config);
   const key = await unlockKeystore(dataPath(config, config.keystore), password);
-  const node = await StarlingNode.start({ config, privateKey: key.privateKey, logger });
+  const clock = clockFromEnv(process.env);
+  if (clock) logger.warn({ offsetSeconds: process.env.STARLING_CLOCK_OFFSET_SECONDS }, "the node's clock is shifted (STARLING_CLOCK_OFFSET_SECONDS): tests only");
+  const node = await StarlingNode.start({ config, privateKey: key.privateKey, logger, ...(clock ? { clock } : {}) });
   let rpc: RpcServer;
   try {
     rpc = await RpcServer.start({ registry: nodeRegistry(node), token, host: config.rpc.host, port: config.rpc.port });
@@ -73,6 +88,26 @@ async function startMetrics(port: number, node: StarlingNode): Promise<Server> {
       this.set(node.info().channels);
     },
   });
+  // Totals kept by the node, exported as counters.
+  const totals: [string, string, (s: NodeStats) => number][] = [
+    ["starling_signatures_total", "secp256k1 signatures made", (s) => s.signatures],
+    ["starling_signature_recoveries_total", "secp256k1 signatures checked (ecrecover)", (s) => s.recoveries],
+    ["starling_store_commits_total", "Store commits (one per engine step that changed anything)", (s) => s.commits],
+    ["starling_store_writes_total", "LevelDB batch writes the commits were grouped into", (s) => s.writes],
+  ];
+  for (const [name, help, pick] of totals) {
+    let last = 0;
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        const now = pick(node.stats());
+        if (now > last) this.inc(now - last);
+        last = now;
+      },
+    });
+  }
   node.events.on("paymentReceived", () => received.inc());
   node.events.on("paymentSent", () => sent.inc());
   node.events.on("paymentFailed", () => failed.inc());

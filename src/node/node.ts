@@ -28,14 +28,27 @@ import {
 } from "../protocol/channel.js";
 import { normalizeAddress, orderParticipants } from "../protocol/eip712.js";
 import type { Address, Hex } from "../protocol/types.js";
-import type { OutgoingPayment, IncomingPayment } from "../protocol/transfer.js";
-import { loadBackend, type Secp256k1Backend, type Signer } from "../signer/index.js";
+import type { OutgoingPayment, IncomingPayment, TransferState } from "../protocol/transfer.js";
+import {
+  countingSigner,
+  countingVerifier,
+  loadBackend,
+  newCryptoCounts,
+  type CryptoCounts,
+  type Secp256k1Backend,
+  type Signer,
+} from "../signer/index.js";
 import { LevelStore, type Batch, type Store } from "../store/index.js";
 import { createTransport, type P2PTransport } from "../p2p/index.js";
-import { transferStateFromPlain, transferStateToPlain, type StoredTransferState } from "./persist.js";
+import { TowerClient } from "../watcher/client.js";
+import { TransferJournal, transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
+import { StepRunner } from "./steps.js";
 import { NodeError } from "./errors.js";
 
+/** The older form of the transfer state: one meta record holding all of it (read, then migrated). */
 const TRANSFERS_KEY = "transfers";
+/** The transfer state, one meta record per entry. */
+const TRANSFERS_PREFIX = "transfer!";
 const CURSOR_KEY = "chainCursor";
 const PEERS_KEY = "peers";
 
@@ -78,6 +91,20 @@ export interface ChannelSummary {
 
 const unixNow = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 
+/** libp2p's defaults take 300 connections and 5 new ones per second per remote host. */
+const HUB_CONNECTION_LIMITS = { maxConnections: 50_000, maxIncomingPendingConnections: 256, inboundConnectionThreshold: 1_000 };
+
+/** Counters for metrics. */
+export interface NodeStats {
+  /** Signatures made (channel updates, secret requests, hellos, ...). */
+  signatures: number;
+  /** Signatures checked (each an ecrecover). */
+  recoveries: number;
+  /** Store commits issued, and the LevelDB writes they were grouped into. */
+  commits: number;
+  writes: number;
+}
+
 export class StarlingNode {
   readonly events = new EventEmitter<NodeEvents>();
   readonly address: Address;
@@ -91,14 +118,19 @@ export class StarlingNode {
   private readonly transport: P2PTransport;
   private readonly core: NodeCore;
   private readonly signer: Signer;
+  private readonly cryptoCounts: CryptoCounts;
+  /** Hands channels to the configured watchtower. */
+  private readonly tower: TowerClient | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
   private watchTimer: NodeJS.Timeout | undefined;
-  /** Steps run one at a time; their commits are issued in order and sends wait for them. */
-  private stepChain: Promise<unknown> = Promise.resolve();
+  /** Applies steps in order, commits each, and sends what each sends once its commit is durable. */
+  private readonly steps: StepRunner;
   private stopped = false;
   private readonly hubs = new Set<Address>();
   /** Chain work per channel (settle, unlock) already in progress. */
   private readonly chainBusy = new Set<string>();
+  /** A hub's funding of a newly adopted user channel, by lowercase channel id, while in flight. */
+  private readonly funding = new Map<string, Promise<void>>();
 
   private constructor(
     private readonly config: Config,
@@ -111,9 +143,11 @@ export class StarlingNode {
       transport: P2PTransport;
       core: NodeCore;
       signer: Signer;
+      cryptoCounts: CryptoCounts;
       cursorStart: number | undefined;
     },
   ) {
+    this.cryptoCounts = parts.cryptoCounts;
     this.log = parts.log;
     this.store = parts.store;
     this.provider = parts.provider;
@@ -121,9 +155,20 @@ export class StarlingNode {
     this.chainClient = parts.chainClient;
     this.transport = parts.transport;
     this.core = parts.core;
+    this.steps = new StepRunner({
+      core: this.core,
+      store: this.store,
+      keys: { transfers: TRANSFERS_PREFIX, outboxPeer: (to) => to, payment: paymentKey },
+      journal: new TransferJournal(this.core.transfers),
+      augment: (r, batch) => this.augmentStep(r, batch),
+      dispatch: (r, seqs) => this.dispatchStep(r, seqs),
+    });
     this.signer = parts.signer;
     this.address = normalizeAddress(parts.signer.address);
     this.role = config.role;
+    this.tower = config.watchtower
+      ? new TowerClient({ transport: this.transport, tower: config.watchtower, signer: this.signer, store: this.store, logger: this.log })
+      : undefined;
     // Configured peers are hubs: a user's hub, or a hub's partner hubs.
     for (const p of config.p2p.peers) this.hubs.add(normalizeAddress(p.address));
     this.chainEvents = new ChainEvents({
@@ -145,8 +190,12 @@ export class StarlingNode {
   /** Opens the store, restores the engine, starts p2p, the chain scanner and the timers. */
   static async start(opts: NodeStartOptions): Promise<StarlingNode> {
     const { config, logger } = opts;
+    if (config.role === "watchtower") throw new Error(`${config.dataDir} is a watchtower: run it with \`starling watchtower\``);
     const backend = opts.backend ?? (await loadBackend("auto"));
-    const signer = backend.createSigner(opts.privateKey);
+    // Counted for the metrics: signatures made and checked are most of a hub's CPU per payment.
+    const cryptoCounts = newCryptoCounts();
+    const signer = countingSigner(backend.createSigner(opts.privateKey), cryptoCounts);
+    const verifier = countingVerifier(backend.verifier, cryptoCounts);
     mkdirSync(config.dataDir, { recursive: true });
     const deployment = readDeployment(dataPath(config, config.chain.deployment));
     const rpcUrl = config.chain.rpcUrl;
@@ -159,15 +208,15 @@ export class StarlingNode {
     await store.open();
     try {
       const channels = await store.listChannels<ChannelData>();
-      const plain = await store.getMeta<StoredTransferState>(TRANSFERS_KEY);
+      const transfers = await loadTransfers(store);
       const clock = opts.clock ?? unixNow;
       const live = channels.filter((c) => c.status !== "closed");
       const core = new NodeCore({
         signer,
-        verifier: backend.verifier,
+        verifier,
         clock,
         channels: live,
-        ...(plain ? { transfers: transferStateFromPlain(plain) } : {}),
+        ...(transfers ? { transfers } : {}),
       });
       // A hub reaches users of its partner hubs through its channel with them.
       const hubPeers = new Set(config.p2p.peers.map((p) => normalizeAddress(p.address)));
@@ -183,8 +232,10 @@ export class StarlingNode {
       const transport = createTransport({
         listen: config.p2p.listen,
         signer,
-        verifier: backend.verifier,
+        verifier,
         privateKey: Buffer.from(p2pSeed, "hex"),
+        // A hub serves many users, who may all connect at once (after a restart) and from few addresses.
+        ...(config.role === "hub" ? { limits: HUB_CONNECTION_LIMITS } : {}),
         logger: {
           info: (m, ...a) => logger.debug({ p2p: a }, m),
           warn: (m, ...a) => logger.warn({ p2p: a }, m),
@@ -200,6 +251,7 @@ export class StarlingNode {
         transport,
         core,
         signer,
+        cryptoCounts,
         cursorStart: deployment.deployBlock > 0 ? deployment.deployBlock - 1 : undefined,
       });
       await node.startServices();
@@ -224,6 +276,7 @@ export class StarlingNode {
         this.log.warn({ peer: p.address, err: String(err) }, "peer not reachable yet; will retry");
       });
     }
+    await this.tower?.start(this.core.channels());
     await this.chainEvents.start();
     this.tickTimer = setInterval(() => void this.step({ type: "tick" }).catch((e: unknown) => this.log.error({ err: String(e) }, "tick failed")), 1_000);
     this.watchTimer = setInterval(() => void this.watchClosedChannels(), Math.max(1_000, this.config.chain.pollIntervalMs * 2));
@@ -236,7 +289,8 @@ export class StarlingNode {
     clearInterval(this.tickTimer);
     clearInterval(this.watchTimer);
     await this.chainEvents.stop();
-    await this.stepChain.catch(() => undefined);
+    await this.steps.idle();
+    await this.tower?.stop();
     await this.transport.stop();
     await this.store.close();
     this.provider.destroy();
@@ -250,40 +304,26 @@ export class StarlingNode {
    * serialised so their commits and sends keep the engine's order.
    */
   step(input: NodeInput): Promise<StepResult> {
-    return this.serial(() => this.runStep(input));
+    return this.steps.step(input);
   }
 
-  /** Runs `work` after every step before it has committed, and before any step after it. */
-  private serial<T>(work: () => Promise<T>): Promise<T> {
-    const next = this.stepChain.then(work, work);
-    this.stepChain = next.catch(() => undefined);
-    return next;
+  /** A step's own writes beyond the engine's (the step runner writes channels, transfers, payments, outbox). */
+  private augmentStep(r: StepResult, batch: Batch): void {
+    // The state before each new one goes with it: the watchtower's seal is keyed by it.
+    const towerWrites = this.tower?.track(r.persist.channels) ?? [];
+    if (towerWrites.length > 0) (batch.meta ??= []).push(...towerWrites);
   }
 
-  private async runStep(input: NodeInput): Promise<StepResult> {
-    const r = this.core.handle(input);
-    const batch: Batch = {
-      channels: r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c })),
-      outboxAdd: r.send.map((o) => ({ peer: o.to, message: o.envelope })),
-    };
-    if (r.persist.transfers) batch.meta = [{ key: TRANSFERS_KEY, value: transferStateToPlain(r.persist.transfers) }];
-    // Finished payments leave the engine's working state and are kept by id, in the same batch.
-    const finishedAt = BigInt(Date.now());
-    for (const e of r.events) {
-      if (e.type === "paymentSent" || e.type === "paymentReceived" || e.type === "paymentFailed") {
-        (batch.payments ??= []).push({ paymentId: paymentKey(e.payment), record: { ...e.payment, finishedAt } });
-      }
-    }
-    const empty = !batch.channels?.length && !batch.outboxAdd?.length && !batch.meta && !batch.payments?.length;
-    const { outboxSeqs } = empty ? { outboxSeqs: [] as bigint[] } : await this.store.commit(batch);
+  /** After a step's writes are durable (in step order): send, then act on what happened. */
+  private dispatchStep(r: StepResult, outboxSeqs: readonly bigint[]): void {
     r.send.forEach((o, i) => void this.sendOutbox(o.to, outboxSeqs[i]!, o.envelope));
+    this.tower?.handOff(r.persist.channels);
     for (const e of r.events) this.onEngineEvent(e);
     for (const a of r.chain) {
       if (a.type === "registerSecret") void this.chainTask(`secret:${a.secretHash}`, () => this.chainClient.registerSecret(a.secret));
     }
     for (const rej of r.rejected) this.log.debug({ during: rej.during, code: rej.error.code }, rej.error.message);
     if (r.persist.channels.length > 0) for (const c of r.persist.channels) this.events.emit("channelChanged", this.summary(c));
-    return r;
   }
 
   private async sendOutbox(peer: Address, seq: bigint, envelope: Envelope): Promise<void> {
@@ -409,7 +449,14 @@ export class StarlingNode {
     await this.store.commit({ channels: [{ channelId: c.config.channelId, record: c }] });
     this.events.emit("channelChanged", this.summary(c));
     this.log.info({ channelId, partner }, "channel opened");
-    if (this.role === "hub" && !this.hubs.has(partner)) void this.fundUserChannel(c.config.channelId, partner);
+    if (this.role === "hub" && !this.hubs.has(partner)) {
+      const id = c.config.channelId.toLowerCase();
+      const funded = this.fundUserChannel(c.config.channelId, partner)
+        .then(() => this.refreshFunding(c.config.channelId))
+        .catch((err: unknown) => this.log.warn({ channelId, err: String(err) }, "funding the channel failed"))
+        .finally(() => this.funding.delete(id));
+      this.funding.set(id, funded);
+    }
   }
 
   /** A hub funds a new channel per its configuration: credit (issuer mode) or a deposit. */
@@ -514,6 +561,11 @@ export class StarlingNode {
     };
   }
 
+  stats(): NodeStats {
+    const store = this.store instanceof LevelStore ? this.store.stats : { commits: 0, writes: 0 };
+    return { ...this.cryptoCounts, ...store };
+  }
+
   info() {
     return {
       address: this.address,
@@ -561,6 +613,8 @@ export class StarlingNode {
     if (deposit > 0n) await this.chainClient.approveAndDeposit(opened.channelId, p, deposit).catch(rethrowChain);
     const [p1, p2] = orderParticipants(this.address, p);
     await this.adoptChannel(opened.channelId, p1, p2);
+    // A hub's user channel is usable once the hub's credit or deposit is in it.
+    await this.funding.get(opened.channelId.toLowerCase());
     // A link between hubs is funded by the hub that opens it (user channels are funded on adoption).
     if (this.role === "hub" && this.hubs.has(p)) {
       await this.fundUserChannel(opened.channelId, p);
@@ -666,15 +720,15 @@ export class StarlingNode {
     return this.startPayment({ type: "issue", paymentId, target: normalizeAddress(target), amount });
   }
 
-  private startPayment(input: Extract<NodeInput, { type: "pay" | "issue" }>): Promise<OutgoingPayment> {
-    return this.serial(async () => {
-      const kind = input.type === "pay" ? "transfer" : "issue";
+  private async startPayment(input: Extract<NodeInput, { type: "pay" | "issue" }>): Promise<OutgoingPayment> {
+    const kind = input.type === "pay" ? "transfer" : "issue";
+    const r = await this.steps.queue(async () => {
       const prior = await this.finishedPayment(input.paymentId, { kind, target: input.target, amount: input.amount });
-      if (prior) return prior;
-      const r = await this.runStep(input);
-      if (!r.ok || !r.payment) throw NodeError.from(r.error);
-      return r.payment;
+      return prior ? { skip: prior } : input;
     });
+    if (!("persist" in r)) return r;
+    if (!r.ok || !r.payment) throw NodeError.from(r.error);
+    return r.payment;
   }
 
   /** Waits until an outgoing payment is completed or failed. */
@@ -708,7 +762,10 @@ export class StarlingNode {
     const outgoing =
       this.core.payment(id) ?? (await this.store.getPayment<OutgoingPayment>(paymentKey({ direction: "out", paymentId: id }))) ?? null;
     const finished = (await this.store.listPayments<IncomingPayment>()).filter((p) => p.direction === "in" && p.paymentId === id);
-    return { outgoing, incoming: [...this.core.incoming(id), ...finished] };
+    // The engine still remembers recently finished payments that are also in the store: one each.
+    const incoming = new Map<string, IncomingPayment>();
+    for (const p of [...finished, ...this.core.incoming(id)]) if (!incoming.has(paymentKey(p))) incoming.set(paymentKey(p), p);
+    return { outgoing, incoming: [...incoming.values()] };
   }
 
   /** Payments in flight, then finished ones newest first. */
@@ -748,6 +805,17 @@ export class StarlingNode {
 function paymentKey(p: Pick<OutgoingPayment, "paymentId"> & { direction: "in" | "out"; channelId?: Hex; secretHash?: Hex | null }): string {
   const id = p.paymentId.toLowerCase();
   return p.direction === "out" ? `out:${id}` : `in:${id}:${(p.channelId ?? "").toLowerCase()}:${p.secretHash ?? "issue"}`;
+}
+
+/** The stored transfer state; the older one-record form is converted to one record per entry. */
+async function loadTransfers(store: Store): Promise<TransferState | undefined> {
+  const entries = await store.listMeta<unknown>(TRANSFERS_PREFIX);
+  if (entries.length > 0) return transferStateFromEntries(entries, TRANSFERS_PREFIX);
+  const plain = await store.getMeta<StoredTransferState>(TRANSFERS_KEY);
+  if (!plain) return undefined;
+  const state = transferStateFromPlain(plain);
+  await store.commit({ meta: transferStateEntries(state, TRANSFERS_PREFIX), deleteMeta: [TRANSFERS_KEY] });
+  return state;
 }
 
 function fundingOf(info: ChannelInfo): Funding {

@@ -33,3 +33,54 @@ export function transferStateFromPlain(p: StoredTransferState): TransferState {
     registered: new Map(p.registered),
   };
 }
+
+const TABLES: readonly (keyof TransferState)[] = ["payments", "incoming", "secrets", "sent", "received", "metadata", "queues", "registered"];
+
+/**
+ * The transfer state is stored one record per entry (`<prefix><table>!<key>`), so a step writes
+ * only the entries it changed instead of the whole state (which holds every payment in flight).
+ * The journal remembers the state last handed to the store and turns the next one into puts and
+ * deletes. Tables the engine did not touch keep their identity, so comparing them costs nothing.
+ */
+export class TransferJournal {
+  #last: TransferState;
+
+  constructor(persisted: TransferState) {
+    this.#last = persisted;
+  }
+
+  diff(next: TransferState, prefix: string): { put: { key: string; value: unknown }[]; del: string[] } {
+    const put: { key: string; value: unknown }[] = [];
+    const del: string[] = [];
+    const last = this.#last;
+    for (const table of TABLES) {
+      const before = last[table] as ReadonlyMap<string, unknown>;
+      const after = next[table] as ReadonlyMap<string, unknown>;
+      if (before === after) continue;
+      for (const [key, value] of after) if (before.get(key) !== value) put.push({ key: `${prefix}${table}!${key}`, value });
+      if (before.size + put.length > after.size) for (const key of before.keys()) if (!after.has(key)) del.push(`${prefix}${table}!${key}`);
+    }
+    this.#last = next;
+    return { put, del };
+  }
+}
+
+/** Rebuilds a transfer state from its entries as listed by the store under `prefix`. */
+export function transferStateFromEntries(entries: Iterable<[string, unknown]>, prefix: string): TransferState {
+  const tables = new Map<string, Map<string, unknown>>(TABLES.map((t) => [t, new Map()]));
+  for (const [key, value] of entries) {
+    const rest = key.slice(prefix.length);
+    const sep = rest.indexOf("!");
+    const table = tables.get(rest.slice(0, sep));
+    if (sep < 0 || !table) throw new Error(`unexpected transfer-state entry ${key}`);
+    table.set(rest.slice(sep + 1), value);
+  }
+  return Object.fromEntries(tables) as unknown as TransferState;
+}
+
+/** The entries of a whole transfer state (to migrate the older one-record form). */
+export function transferStateEntries(s: TransferState, prefix: string): { key: string; value: unknown }[] {
+  const out: { key: string; value: unknown }[] = [];
+  for (const table of TABLES) for (const [key, value] of s[table] as ReadonlyMap<string, unknown>) out.push({ key: `${prefix}${table}!${key}`, value });
+  return out;
+}

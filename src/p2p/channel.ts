@@ -20,12 +20,35 @@ export interface FramedStreamInit {
   onClose(error: Error): void;
 }
 
+/**
+ * Streams with frames waiting, flushed together in ONE setImmediate pass rather than one callback
+ * each, so that frames for several streams of a connection (messages, acks) leave in the same
+ * tick and can share a socket write (see coalesceSocketWrites in ./node.ts).
+ */
+const due = new Set<FramedStream>();
+let passScheduled = false;
+
+function flushDue(): void {
+  passScheduled = false;
+  const streams = [...due];
+  due.clear();
+  for (const s of streams) s.flushQueued();
+}
+
+function scheduleFlush(s: FramedStream): void {
+  due.add(s);
+  if (!passScheduled) {
+    passScheduled = true;
+    setImmediate(flushDue);
+  }
+}
+
 export class FramedStream {
   readonly stream: Stream;
   private readonly decoder: FrameDecoder;
   private readonly init: FramedStreamInit;
   private outQueue: Uint8Array[] = [];
-  private flushScheduled: NodeJS.Immediate | undefined;
+  private flushScheduled = false;
   private waitingForDrain = false;
   private closed = false;
 
@@ -54,7 +77,10 @@ export class FramedStream {
   write(prefixed: Uint8Array): boolean {
     if (this.closed) return false;
     this.outQueue.push(prefixed);
-    if (this.flushScheduled === undefined && !this.waitingForDrain) this.flushScheduled = setImmediate(this.flush);
+    if (!this.flushScheduled && !this.waitingForDrain) {
+      this.flushScheduled = true;
+      scheduleFlush(this);
+    }
     return true;
   }
 
@@ -107,15 +133,16 @@ export class FramedStream {
     }
   }
 
-  private readonly flush = (): void => {
-    this.flushScheduled = undefined;
+  /** Called by the shared flush pass. */
+  flushQueued(): void {
+    this.flushScheduled = false;
     this.flushNow();
-  };
+  }
 
   private flushNow(): void {
-    if (this.flushScheduled !== undefined) {
-      clearImmediate(this.flushScheduled);
-      this.flushScheduled = undefined;
+    if (this.flushScheduled) {
+      due.delete(this);
+      this.flushScheduled = false;
     }
     if (this.closed || this.outQueue.length === 0 || this.waitingForDrain) return;
     const chunk = this.outQueue.length === 1 ? this.outQueue[0]! : Buffer.concat(this.outQueue);
@@ -133,7 +160,10 @@ export class FramedStream {
       this.stream.onDrain().then(
         () => {
           this.waitingForDrain = false;
-          if (this.outQueue.length > 0 && this.flushScheduled === undefined) this.flushScheduled = setImmediate(this.flush);
+          if (this.outQueue.length > 0 && !this.flushScheduled) {
+            this.flushScheduled = true;
+            scheduleFlush(this);
+          }
         },
         () => {
           this.waitingForDrain = false;
@@ -169,9 +199,9 @@ export class FramedStream {
   private finish(error: Error): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.flushScheduled !== undefined) {
-      clearImmediate(this.flushScheduled);
-      this.flushScheduled = undefined;
+    if (this.flushScheduled) {
+      due.delete(this);
+      this.flushScheduled = false;
     }
     this.outQueue = [];
     try {

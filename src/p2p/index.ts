@@ -3,5 +3,5 @@ import "./polyfill.js";
 
 export { createTransport, P2PTransport, MSG_PROTOCOL } from "./transport.js";
 export { P2PError } from "./types.js";
-export type { Address, MessageHandler, P2PErrorCode, PeerEvent, PeerListener, TransportLogger, TransportOptions } from "./types.js";
+export type { Address, ConnectionLimits, MessageHandler, P2PErrorCode, PeerEvent, PeerListener, TransportLogger, TransportOptions } from "./types.js";
 export { HELLO_PROTOCOL, HELLO_MAX_SKEW_MS } from "./hello.js";

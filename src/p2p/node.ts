@@ -1,9 +1,11 @@
 /** The libp2p node underneath the transport: TCP + noise + yamux, nothing else. */
 import "./polyfill.js";
+import "./yamux-window.js";
 import { noise } from "@chainsafe/libp2p-noise";
 import { yamux } from "@chainsafe/libp2p-yamux";
 import { generateKeyPairFromSeed } from "@libp2p/crypto/keys";
-import type { PrivateKey } from "@libp2p/interface";
+import type { Connection, PrivateKey } from "@libp2p/interface";
+import { Socket } from "node:net";
 import { tcp } from "@libp2p/tcp";
 import { createLibp2p, type Libp2p } from "libp2p";
 
@@ -23,10 +25,27 @@ export interface NodeInit {
    * bounded by it, so the read buffer limit is set from it.
    */
   maxStreamWindow?: number;
+  /** Connection-manager limits; libp2p's defaults where absent (see {@link ConnectionLimits}). */
+  limits?: ConnectionLimits;
+}
+
+/**
+ * How many connections a node takes. libp2p's defaults (300 connections, 10 upgrading at once,
+ * 5 new inbound per second per remote host) suit a peer with a handful of partners; a hub that
+ * serves many users, possibly behind one NAT or proxy address, needs more.
+ */
+export interface ConnectionLimits {
+  /** Connections kept before libp2p starts pruning. */
+  maxConnections?: number;
+  /** Inbound connections upgrading (noise, yamux) at the same time. */
+  maxIncomingPendingConnections?: number;
+  /** New inbound connections accepted per second from one remote host. */
+  inboundConnectionThreshold?: number;
 }
 
 export async function createNode(init: NodeInit): Promise<Libp2p> {
   const window = init.maxStreamWindow ?? 4 * 1024 * 1024;
+  const limits = init.limits ?? {};
   return createLibp2p({
     privateKey: await peerKeyFromSeed(init.seed),
     addresses: { listen: init.listen ?? DEFAULT_LISTEN },
@@ -40,8 +59,41 @@ export async function createNode(init: NodeInit): Promise<Libp2p> {
         },
       }),
     ],
+    ...(Object.keys(limits).length > 0 ? { connectionManager: { ...limits } } : {}),
     start: false,
   });
+}
+
+const COALESCED = Symbol.for("starling.coalescedWrites");
+
+/**
+ * Makes the socket writes of one tick share one system call. Every yamux frame goes to the socket
+ * as its own write (each one a syscall, and on loopback a wake-up of the peer), so a message and
+ * an ack for the same peer, written in the same flush pass, cost two. Corking the socket at the
+ * first write of a tick and uncorking it before the tick ends sends them with one writev; nothing
+ * waits longer than the current tick and the bytes on the wire are the same.
+ *
+ * Reaches into the connection for its TCP socket; a connection without one is left alone.
+ */
+export function coalesceSocketWrites(conn: Connection): void {
+  const socket = (conn as unknown as { maConn?: { socket?: unknown } }).maConn?.socket;
+  if (!(socket instanceof Socket) || COALESCED in socket) return;
+  Object.defineProperty(socket, COALESCED, { value: true });
+  let corked = false;
+  const uncork = (): void => {
+    corked = false;
+    socket.uncork();
+  };
+  const write = socket.write as (this: Socket, ...args: unknown[]) => boolean;
+  const coalesced = function (this: Socket, ...args: unknown[]): boolean {
+    if (!corked && !this.destroyed) {
+      corked = true;
+      this.cork();
+      process.nextTick(uncork);
+    }
+    return write.apply(this, args);
+  };
+  socket.write = coalesced as Socket["write"];
 }
 
 /**

@@ -24,10 +24,11 @@ import type { Signer, Verifier } from "../signer/index.js";
 import { FramedStream } from "./channel.js";
 import { FRAME_VERSION, MAX_ERROR_CHARS, encodeFrame, lengthPrefixed, type Frame } from "./frames.js";
 import { HELLO_MAX_BYTES, HELLO_PROTOCOL, HelloError, encodeHello, makeHello, parseHello, verifyHello } from "./hello.js";
-import { DEFAULT_LISTEN, cancelStrayTimers, createNode } from "./node.js";
+import { DEFAULT_LISTEN, cancelStrayTimers, coalesceSocketWrites, createNode } from "./node.js";
 import {
   P2PError,
   type Address,
+  type ConnectionLimits,
   type MessageHandler,
   type PeerEvent,
   type PeerListener,
@@ -322,6 +323,7 @@ export class P2PTransport {
   private readonly redialMaxMs: number;
   private readonly protocolVersion: number;
   private readonly logger: TransportLogger;
+  private readonly limits: ConnectionLimits | undefined;
 
   private node: Libp2p | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
@@ -351,6 +353,7 @@ export class P2PTransport {
     this.redialMaxMs = options.redialMaxMs ?? DEFAULTS.redialMaxMs;
     this.protocolVersion = options.protocolVersion ?? DEFAULTS.protocolVersion;
     this.logger = options.logger ?? noopLogger;
+    this.limits = options.limits;
     if (!Number.isSafeInteger(this.maxMessageBytes) || this.maxMessageBytes < 64) throw new Error("createTransport: maxMessageBytes must be an integer >= 64");
     for (const [name, value] of Object.entries({ sendTimeoutMs: this.sendTimeoutMs, helloTimeoutMs: this.helloTimeoutMs, redialMinMs: this.redialMinMs, redialMaxMs: this.redialMaxMs })) {
       if (!Number.isFinite(value) || value <= 0) throw new Error(`createTransport: ${name} must be a positive number`);
@@ -391,6 +394,7 @@ export class P2PTransport {
         seed: this.seed,
         listen: this.listen,
         maxStreamWindow: Math.max(4 * 1024 * 1024, 2 * this.maxMessageBytes),
+        ...(this.limits ? { limits: this.limits } : {}),
       });
       this.node = node;
       node.addEventListener("connection:open", (evt) => this.onConnectionOpen(evt.detail));
@@ -568,6 +572,7 @@ export class P2PTransport {
       conn.abort(new Error("transport stopping"));
       return;
     }
+    coalesceSocketWrites(conn);
     this.connState(conn);
   }
 

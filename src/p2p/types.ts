@@ -1,4 +1,7 @@
 import type { Address, Signer, Verifier } from "../signer/index.js";
+import type { ConnectionLimits } from "./node.js";
+
+export type { ConnectionLimits };
 
 export type { Address };
 
@@ -33,6 +36,8 @@ export interface TransportOptions {
   /** Hello `version`; a peer announcing another one is refused. Default 1. */
   protocolVersion?: number;
   logger?: TransportLogger;
+  /** Connection limits (a hub raises them); libp2p's defaults where absent. */
+  limits?: ConnectionLimits;
 }
 
 export type PeerEvent = "connected" | "disconnected";

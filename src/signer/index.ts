@@ -6,6 +6,7 @@ import type { BackendPreference, Secp256k1Backend } from "./types.js";
 export type { Address, BackendName, BackendPreference, Secp256k1Backend, Signer, Verifier } from "./types.js";
 export { addressFromPublicKey } from "./common.js";
 export { nobleBackend } from "./noble.js";
+export { countingSigner, countingVerifier, newCryptoCounts, type CryptoCounts } from "./counting.js";
 
 /**
  * 'noble' is always available; 'native' throws if the libsecp256k1 addon cannot be loaded;

@@ -41,6 +41,8 @@ export interface Store {
   /** Pending messages, grouped by peer and in seq order within a peer. */
   listOutbox<T>(peer?: string): Promise<OutboxEntry<T>[]>;
   getMeta<T>(key: string): Promise<T | undefined>;
+  /** Meta values whose key starts with `prefix`, in key order, as [key, value]. */
+  listMeta<T>(prefix: string): Promise<[string, T][]>;
   /**
    * Applies every write of one protocol transition atomically: all of it or none of it.
    * Values are validated and outbox seqs assigned synchronously, in call order, before this
@@ -61,6 +63,8 @@ export interface Batch {
   deletePayments?: string[];
   secrets?: { secretHash: string; secret: string }[];
   meta?: { key: string; value: unknown }[];
+  /** Deletes meta values (after `meta`, so a delete wins over a put of the same key). */
+  deleteMeta?: string[];
   /** The store assigns each message the peer's next seq (starting at 1, never reused). */
   outboxAdd?: { peer: string; message: unknown }[];
   /** Deletes; acking an absent seq is a no-op. */
@@ -111,6 +115,12 @@ interface Backend {
 /** Smallest string above every string starting with `prefix` (whose last char is ASCII). */
 function upperBound(prefix: string): string {
   return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
+}
+
+/** Smallest string above every string starting with `prefix` (any last char). */
+function prefixEnd(prefix: string): string {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  return last === 0xffff ? prefix + "\uffff" : prefix.slice(0, -1) + String.fromCharCode(last + 1);
 }
 
 function escapePeer(peer: string): string {
@@ -259,6 +269,13 @@ class KeyValueStore implements Store {
     return this.read<T>(META + key);
   }
 
+  async listMeta<T>(prefix: string): Promise<[string, T][]> {
+    this.assertOpen();
+    const start = META + prefix;
+    const rows = await this.backend.entries(start, prefix === "" ? upperBound(META) : prefixEnd(start));
+    return rows.map(([key, raw]) => [key.slice(META.length), this.decodeAt(key, raw) as T]);
+  }
+
   commit(batch: Batch): Promise<CommitResult> {
     if (this.state !== "open") return Promise.reject(this.closedError());
     const ops: WriteOp[] = [];
@@ -281,6 +298,7 @@ class KeyValueStore implements Store {
       (batch.meta ?? []).forEach((m, i) => {
         ops.push({ type: "put", key: META + checkString(m.key, "meta key"), value: encodeAt(m.value, "meta", i, "value") });
       });
+      for (const key of batch.deleteMeta ?? []) ops.push({ type: "del", key: META + checkString(key, "deleteMeta entry") });
       (batch.outboxAdd ?? []).forEach((m, i) => {
         adds.push({ peer: checkString(m.peer, "outbox peer"), value: encodeAt(m.message, "outboxAdd", i, "message") });
       });
@@ -306,8 +324,9 @@ class KeyValueStore implements Store {
     }
     this.commitCount++;
     const done = new Promise<CommitResult>((resolve, reject) => group.waiters.push({ result: { outboxSeqs }, resolve, reject }));
-    // Deferred to a microtask so that commits issued in the same tick share one write.
-    this.flushing ??= Promise.resolve().then(() => this.flush());
+    // Deferred to the end of this event-loop turn (setImmediate runs after the I/O callbacks of
+    // the turn), so that commits issued by every message handled in the turn share one write.
+    this.flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.flush());
     return done;
   }
 
