@@ -286,6 +286,42 @@ describe("p2p transport (libp2p on 127.0.0.1)", function () {
     expect(maxActive).to.equal(1);
   });
 
+  it("with pipelineHandler, starts calls in order before earlier ones finish and acks each after its own call", async () => {
+    const { transport: a } = await startTransport("alice");
+    const { transport: b } = await startTransport("bob", { pipelineHandler: true });
+    const started: number[] = [];
+    const finished: number[] = [];
+    let active = 0;
+    let maxActive = 0;
+    b.onMessage(async (_from, message) => {
+      const seq = Number((message as { seq: bigint }).seq);
+      started.push(seq);
+      active++;
+      maxActive = Math.max(maxActive, active);
+      // Later calls finish sooner: the acks must still go out in order, each after its own call.
+      await sleep(seq % 7 === 0 ? 20 : 1);
+      finished.push(seq);
+      active--;
+      if (seq === 13) throw new Error("refused 13");
+    });
+    await a.dial(b.multiaddrs[0]!);
+    const acked: number[] = [];
+    const results = await Promise.allSettled(
+      Array.from({ length: 600 }, (_, i) =>
+        a.send(b.address, { seq: BigInt(i) }).then(() => {
+          expect(finished).to.include(i);
+          acked.push(i);
+        }),
+      ),
+    );
+    expect(started).to.deep.equal(Array.from({ length: 600 }, (_, i) => i));
+    expect(maxActive).to.be.greaterThan(1);
+    expect(acked).to.deep.equal(Array.from({ length: 600 }, (_, i) => i).filter((i) => i !== 13));
+    const thirteen = results[13];
+    expect(thirteen?.status).to.equal("rejected");
+    expect(thirteen?.status === "rejected" ? (thirteen.reason as P2PError).code : "").to.equal("nack");
+  });
+
   it("keeps order and loses nothing when a slow handler makes the sender wait (16 MB pipelined)", async () => {
     const { transport: a } = await startTransport("alice", { sendTimeoutMs: 60_000 });
     const { transport: b } = await startTransport("bob");

@@ -240,6 +240,27 @@ function storeSuite(name: string, makeDisk: () => Disk): void {
       expect(await store.getChannel("a")).to.deep.equal(channel("a", 1n));
     });
 
+    it("lists meta values by prefix in key order, and deletes them (a delete in the same batch wins)", async () => {
+      await store.commit({
+        meta: [
+          { key: "t!b", value: 2n },
+          { key: "t!a", value: 1n },
+          { key: "u!a", value: 3 },
+          { key: "t", value: 0 },
+        ],
+      });
+      expect(await store.listMeta("t!")).to.deep.equal([
+        ["t!a", 1n],
+        ["t!b", 2n],
+      ]);
+      await store.commit({ meta: [{ key: "t!c", value: 4n }], deleteMeta: ["t!a", "t!c", "never-existed"] });
+      expect(await store.listMeta("t!")).to.deep.equal([["t!b", 2n]]);
+      expect(await store.getMeta("u!a")).to.equal(3);
+      expect((await store.listMeta("")).map(([key]) => key)).to.deep.equal(["t", "t!b", "u!a"]);
+      await restart();
+      expect(await store.listMeta("t!")).to.deep.equal([["t!b", 2n]]);
+    });
+
     it("replaces channels in place and prunes payments", async () => {
       await store.commit({
         channels: [{ channelId: "a", record: channel("a", 1n) }],
@@ -462,6 +483,7 @@ function storeSuite(name: string, makeDisk: () => Disk): void {
         ["getSecret", () => store.getSecret("a")],
         ["listOutbox", () => store.listOutbox()],
         ["getMeta", () => store.getMeta("a")],
+        ["listMeta", () => store.listMeta("a")],
         ["commit", () => store.commit({ meta: [{ key: "a", value: 1 }] })],
       ];
       for (const [what, call] of calls) {

@@ -6,6 +6,7 @@ import { capacity, sameState, share, type ChannelData, type ChannelMessage } fro
 import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
 import { signSecretRequest, type SecretRequest, type SecretReveal } from "../src/protocol/transfer.js";
 import type { Address, Domain, Hex } from "../src/protocol/types.js";
+import { transferStateEntries } from "../src/node/persist.js";
 import { loadBackend, type Secp256k1Backend, type Signer } from "../src/signer/index.js";
 
 const DOMAIN: Domain = { chainId: 31337n, verifyingContract: `0x${"11".repeat(20)}` };
@@ -359,6 +360,91 @@ describe("expiry and refunds", function () {
   });
 });
 
+describe("locks whose secret reached the chain in time", function () {
+  /** Reject codes seen on the wire; the wrapped filter decides what is dropped. */
+  function spyRejects(w: World, drop: (wire: Wire) => boolean): string[] {
+    const codes: string[] = [];
+    w.net.dropIf = (wire) => {
+      if (wire.envelope.kind === "channel" && wire.envelope.message.type === "Reject") codes.push(wire.envelope.message.code);
+      return drop(wire);
+    };
+    return codes;
+  }
+
+  function settle(w: World, rounds = 4): void {
+    for (let i = 0; i < rounds; i++) {
+      w.net.advance(11n);
+      w.net.tickAll();
+      w.net.run();
+    }
+  }
+
+  it("are the receiver's after their expiry: the sender's removal is refused, the late unlock taken", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    const hb = w.open(hub, b);
+    // The hub takes none of B's proposals (B's unlock): as if it were down.
+    let hubDown = true;
+    const rejects = spyRejects(w, (wire) => hubDown && wire.from === b.address && wire.to === hub.address && isChannelMessage(wire, "Propose"));
+    const paymentId = rand32();
+    const secret = rand32();
+    w.pay(a, b, 100n, paymentId, secret);
+    w.net.run();
+    // The hub learnt the secret relaying it and claimed from A; its lock to B is still pending.
+    expect(a.payment(paymentId)?.status).to.equal("completed");
+    expect(hub.channel(hb)!.latest.locks).to.have.length(1);
+    const expiry = b.incoming(paymentId)[0]!.expiry!;
+
+    // B's danger zone puts the secret on chain before the expiry, and B sees it there.
+    w.net.now = expiry - 30n;
+    w.net.tick(b.address);
+    expect(w.net.chain.get(b.address)).to.deep.equal([{ type: "registerSecret", secret, secretHash: secretHash(secret) }]);
+    w.net.now = expiry - 25n;
+    w.net.submit(b.address, { type: "secretRevealed", secret, revealedAt: expiry - 29n });
+
+    // Past the expiry, the hub (not knowing of the reveal) tries to take the lock back: refused.
+    w.net.now = expiry + 1n;
+    settle(w);
+    expect(rejects).to.include("LOCK_CLAIMED");
+    expect(hub.channel(hb)!.latest.locks).to.have.length(1);
+    expect(b.channel(hb)!.latest.locks).to.have.length(1);
+    expect(b.incoming(paymentId)[0]!.status).to.equal("pending");
+
+    // Once the hub sees the reveal too, B's late unlock goes through.
+    hubDown = false;
+    w.net.submit(hub.address, { type: "secretRevealed", secret, revealedAt: expiry - 29n });
+    settle(w);
+    expect(w.net.events.get(b.address)!.some((e) => e.type === "paymentReceived" && e.payment.paymentId === paymentId)).to.equal(true);
+    expectAgreement(hub, b, hb);
+    expectNoLocks(hub.channel(hb)!, b.channel(hb)!);
+    expect(mine(b, hb)).to.equal(DEPOSIT + 100n);
+    expect(mine(hub, ah) + mine(hub, hb)).to.equal(2n * DEPOSIT);
+    expectIdle(a, hub, b);
+  });
+
+  it("a reveal after the expiry changes nothing: the sender takes the lock back", () => {
+    const w = new World();
+    const [a, b] = [w.node(), w.node()];
+    const ab = w.open(a, b);
+    // B never gets the secret off chain.
+    w.net.dropIf = (wire) => isTransferMessage(wire, "SecretRequest");
+    const paymentId = rand32();
+    const secret = rand32();
+    w.pay(a, b, 100n, paymentId, secret);
+    w.net.run();
+    const expiry = a.payment(paymentId)!.expiry!;
+    w.net.now = expiry + 1n;
+    for (const n of [a, b]) w.net.submit(n.address, { type: "secretRevealed", secret, revealedAt: expiry + 1n });
+    settle(w);
+    expect(a.payment(paymentId)?.status).to.equal("failed");
+    expectAgreement(a, b, ab);
+    expectNoLocks(a.channel(ab)!, b.channel(ab)!);
+    expect(mine(a, ab)).to.equal(DEPOSIT);
+    expectIdle(a, b);
+  });
+});
+
 describe("multi-hop and load", function () {
   it("A -> H1 -> H2 -> B completes, each hop's lock expiring earlier", () => {
     const w = new World();
@@ -386,6 +472,56 @@ describe("multi-hop and load", function () {
     expect(mine(b, h2b)).to.equal(DEPOSIT + 40n);
     expectIdle(a, h1, h2, b);
     expect(w.net.rejected).to.deep.equal([]);
+  });
+
+  it("each step reports exactly the transfer-state entries it changed; snapshots stay as they were", function () {
+    this.timeout(60_000);
+    const w = new World();
+    const hub = w.node();
+    const users = [w.node(), w.node(), w.node()];
+    for (const u of users) w.open(u, hub, 100_000n, 100_000n);
+    // Mirror the hub's state from the per-entry changes alone, as the store does.
+    const mirror = new Map<string, unknown>();
+    const handle = hub.handle.bind(hub);
+    hub.handle = (input) => {
+      const r = handle(input);
+      if (r.persist.transfers) expect(r.persist.transferChanges, "changes reported with the state").to.not.equal(null);
+      for (const [table, keys] of r.persist.transferChanges ?? []) {
+        for (const key of keys) {
+          const value = (r.persist.transfers![table] as ReadonlyMap<string, unknown>).get(key);
+          if (value === undefined) mirror.delete(`${table}!${key}`);
+          else mirror.set(`${table}!${key}`, value);
+        }
+      }
+      return r;
+    };
+    const expectMirrored = (): void => {
+      const actual = new Map(transferStateEntries(hub.transfers, "").map((e) => [e.key, e.value]));
+      expect(mirror).to.deep.equal(actual);
+    };
+    const random = rng(11);
+    let snapshot = hub.transfers;
+    let snapshotSize = -1;
+    for (let k = 0; k < 15; k++) {
+      for (const from of users) {
+        for (const to of users) if (from !== to) expect(w.pay(from, to, BigInt(1 + Math.floor(random() * 9))).ok).to.equal(true);
+      }
+      for (let i = 0; i < 25; i++) {
+        w.net.step(random);
+        if (i % 5 === 0) expectMirrored();
+      }
+      // A snapshot taken earlier is not changed by the steps since.
+      if (snapshotSize >= 0) expect(snapshot.sent.size + snapshot.received.size).to.equal(snapshotSize);
+      snapshot = hub.transfers;
+      snapshotSize = snapshot.sent.size + snapshot.received.size;
+    }
+    w.net.run({ random });
+    w.net.advance(1n);
+    w.net.tickAll();
+    w.net.run({ random });
+    expectMirrored();
+    expect(mirror.size).to.equal(0);
+    expectIdle(hub, ...users);
   });
 
   it("many concurrent payments in both directions all complete, batched, and the funds add up", function () {

@@ -440,7 +440,8 @@ export class Cluster {
     child.stderr!.pipe(log, { end: false });
     const multiaddr = await new Promise<string>((resolve, reject) => {
       let out = "";
-      const timer = setTimeout(() => done(new Error(`${tower.name} did not start within the start timeout; see ${tower.logFile}`)), this.options.startTimeoutMs ?? 30_000);
+      const startTimeout = this.options.startTimeoutMs ?? 30_000;
+      const timer = setTimeout(() => done(new Error(`${tower.name} did not start within ${startTimeout} ms; see ${tower.logFile}`)), startTimeout);
       const onData = (d: Buffer) => {
         out += d.toString();
         log.write(d);

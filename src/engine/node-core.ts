@@ -38,9 +38,12 @@ import {
   incomingByPaymentId,
   newTransferState,
   partnerOf,
+  revealedAt,
   transferMessageProblem,
   transferPolicyProblems,
   transferTransition,
+  TransferLedger,
+  type TransferChanges,
   type IncomingPayment,
   type OutgoingPayment,
   type TransferContext,
@@ -78,8 +81,8 @@ export type NodeInput =
   | { type: "deliver"; from: Address; envelope: Envelope }
   /** Time passed: expire locks, register secrets, retry what is unanswered. */
   | { type: "tick" }
-  /** A secret revealed in the chain's SecretRegistry. */
-  | { type: "secretRevealed"; secret: Hex }
+  /** A secret revealed in the chain's SecretRegistry, at chain time `revealedAt`. */
+  | { type: "secretRevealed"; secret: Hex; revealedAt?: bigint }
   /** Channel inputs that are not updates (funding seen on chain, withdraw, close). */
   | { type: "channel"; channelId: Hex; input: Exclude<ChannelInput, { type: "propose" | "receive" }> };
 
@@ -112,7 +115,12 @@ export interface StepResult {
   /** For pay and issue: the payment (the existing one if the id was seen before). */
   payment: OutgoingPayment | null;
   /** Write these before sending anything. */
-  persist: { channels: ChannelData[]; transfers: TransferState | null };
+  persist: {
+    channels: ChannelData[];
+    transfers: TransferState | null;
+    /** Which entries of `transfers` the step changed (an entry now absent was deleted). */
+    transferChanges: TransferChanges | null;
+  };
   send: Outbound[];
   events: NodeEvent[];
   chain: ChainAction[];
@@ -150,6 +158,20 @@ class Step {
 }
 
 const lower = (h: Hex): Hex => h.toLowerCase() as Hex;
+
+function copyTransferState(s: TransferState): TransferState {
+  return {
+    payments: new Map(s.payments),
+    incoming: new Map(s.incoming),
+    secrets: new Map(s.secrets),
+    sent: new Map(s.sent),
+    received: new Map(s.received),
+    metadata: new Map(s.metadata),
+    queues: new Map(s.queues),
+    registered: new Map(s.registered),
+  };
+}
+
 const engineError = (code: EngineErrorCode, message: string): NodeError => ({ code, message });
 
 export class NodeCore {
@@ -172,6 +194,9 @@ export class NodeCore {
   /** When this node last sent the proposal now in flight, per channel (retries; not persisted). */
   readonly #proposedAt = new Map<Hex, bigint>();
   #transfers: TransferState;
+  /** The transfer state is changed in place and its changes logged (see TransferLedger). */
+  readonly #ledger: TransferLedger;
+  #snapshot: { of: TransferState; copy: TransferState } | null = null;
 
   constructor(opts: NodeCoreOptions) {
     this.#signer = opts.signer;
@@ -185,6 +210,7 @@ export class NodeCore {
     this.#maxHops = opts.maxHops ?? 8;
     this.#recentLimit = opts.recentPayments ?? 10_000;
     this.#transfers = opts.transfers ?? newTransferState();
+    this.#ledger = new TransferLedger(this.#transfers);
     for (const c of opts.channels ?? []) this.addChannel(c);
     for (const [target, channelId] of opts.routes ?? []) this.setRoute(target, channelId);
   }
@@ -222,8 +248,13 @@ export class NodeCore {
     return id === undefined ? undefined : this.#channels.get(id);
   }
 
+  /**
+   * A snapshot of the transfer state: later steps do not change it. (The engine changes its own
+   * state in place; the snapshot is copied on first read after a change.)
+   */
   get transfers(): TransferState {
-    return this.#transfers;
+    if (this.#snapshot?.of !== this.#transfers) this.#snapshot = { of: this.#transfers, copy: copyTransferState(this.#transfers) };
+    return this.#snapshot.copy;
   }
 
   /** An outgoing payment in flight, or recently finished (see `recentPayments`). */
@@ -259,24 +290,30 @@ export class NodeCore {
   handle(input: NodeInput): StepResult {
     const step = new Step(this.#clock());
     const transfersBefore = this.#transfers;
+    const mark = this.#ledger.mark();
     let error: NodeError | null;
     try {
       error = this.#dispatch(step, input);
     } catch (err) {
       // Malformed peer input can make the hashing code throw: undo the whole step, report it.
       for (const [id, c] of step.before) this.#channels.set(id, c);
+      this.#ledger.rollback(mark);
+      this.#ledger.settle();
       this.#transfers = transfersBefore;
       if (input.type !== "deliver") throw err;
       const failed = new Step(step.now);
       return this.#result(failed, engineError("BAD_INPUT", `malformed message: ${err instanceof Error ? err.message : String(err)}`));
     }
+    this.#ledger.settle();
     return this.#result(step, error);
   }
 
   #result(step: Step, error: NodeError | null): StepResult {
+    const transferChanges = this.#ledger.takeChanges();
     const persist = {
       channels: [...step.channels].map((id) => this.#channels.get(id)).filter((c): c is ChannelData => c !== undefined),
       transfers: step.transfersChanged ? this.#transfers : null,
+      transferChanges: step.transfersChanged ? transferChanges : null,
     };
     return {
       ok: error === null,
@@ -317,14 +354,15 @@ export class NodeCore {
         this.#tick(step);
         return null;
       case "secretRevealed":
-        return this.#transfer(step, { type: "secretRevealed", secret: input.secret }, true);
+        return this.#transfer(step, { ...input, type: "secretRevealed" }, true);
       case "channel":
         return this.#channel(step, input.channelId, input.input);
     }
   }
 
   #deps(now: bigint): Deps {
-    return { signer: this.#signer, verifier: this.#verifier, now, policy: this.#channelPolicy };
+    const revealed = (channelId: Hex, secretHash: Hex) => revealedAt(this.#transfers.sent, this.#transfers.received, channelId, secretHash);
+    return { signer: this.#signer, verifier: this.#verifier, now, policy: this.#channelPolicy, revealedAt: revealed };
   }
 
   #context(now: bigint): TransferContext {
@@ -336,6 +374,7 @@ export class NodeCore {
       channelPolicy: this.#channelPolicy,
       channel: (id) => this.#channels.get(lower(id)),
       routeFor: (target) => this.#lockRoute(target),
+      ledger: this.#ledger,
     };
   }
 
@@ -497,8 +536,12 @@ export class NodeCore {
   #tick(step: Step): void {
     const retry = this.#transferPolicy.retrySeconds;
     for (const [id, before] of this.#channels) {
-      const err = this.#channel(step, id, { type: "tick" });
-      if (err) step.rejected.push({ during: "channel tick", error: err });
+      // The channel's own tick only expires withdrawals and re-sends a close request; skipped
+      // when there are none (it would change nothing), which is most channels of a hub.
+      if (before.withdraws.length > 0 || before.closeTerms !== null) {
+        const err = this.#channel(step, id, { type: "tick" });
+        if (err) step.rejected.push({ during: "channel tick", error: err });
+      }
       const c = this.#channels.get(id) ?? before;
       if (c.status !== "open") continue;
       const inflight = c.inflight;

@@ -48,7 +48,7 @@ export async function startDaemon(config: Config, password: string, logger = cre
   const token = readRpcToken(config);
   const key = await unlockKeystore(dataPath(config, config.keystore), password);
   const clock = clockFromEnv(process.env);
-  if (clock) logger.warn({ offsetSeconds: process.env.STARLING_CLOCK_OFFSET_SECONDS }, "the node's clock is shifted (STARLING_CLOCK_OFFSET_SECONDS): tests only");
+  if (clock) logger.warn({ offsetSeconds: process.env.STARLING_CLOCK_OFFSET_SECONDS }, "the node's clock is shifted: tests only");
   const node = await StarlingNode.start({ config, privateKey: key.privateKey, logger, ...(clock ? { clock } : {}) });
   let rpc: RpcServer;
   try {

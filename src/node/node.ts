@@ -41,7 +41,7 @@ import {
 import { LevelStore, type Batch, type Store } from "../store/index.js";
 import { createTransport, type P2PTransport } from "../p2p/index.js";
 import { TowerClient } from "../watcher/client.js";
-import { TransferJournal, transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
+import { transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
 import { StepRunner } from "./steps.js";
 import { NodeError } from "./errors.js";
 
@@ -91,8 +91,18 @@ export interface ChannelSummary {
 
 const unixNow = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 
+/**
+ * Connections are pinged every minute, not libp2p's 10 s: a hub handles the pings of all its
+ * users (each one a new stream), which at 10 s is most of an idle hub's work.
+ */
+const PING_INTERVAL_MS = 60_000;
 /** libp2p's defaults take 300 connections and 5 new ones per second per remote host. */
-const HUB_CONNECTION_LIMITS = { maxConnections: 50_000, maxIncomingPendingConnections: 256, inboundConnectionThreshold: 1_000 };
+const HUB_CONNECTION_LIMITS = {
+  maxConnections: 50_000,
+  maxIncomingPendingConnections: 256,
+  inboundConnectionThreshold: 1_000,
+  pingIntervalMs: PING_INTERVAL_MS,
+};
 
 /** Counters for metrics. */
 export interface NodeStats {
@@ -129,6 +139,8 @@ export class StarlingNode {
   private readonly hubs = new Set<Address>();
   /** Chain work per channel (settle, unlock) already in progress. */
   private readonly chainBusy = new Set<string>();
+  /** Ids (as stored) of channels that are closing or closed: what watchClosedChannels looks at. */
+  private readonly ending = new Set<string>();
   /** A hub's funding of a newly adopted user channel, by lowercase channel id, while in flight. */
   private readonly funding = new Map<string, Promise<void>>();
 
@@ -144,9 +156,12 @@ export class StarlingNode {
       core: NodeCore;
       signer: Signer;
       cryptoCounts: CryptoCounts;
+      /** Ids of the stored channels that are closing or closed. */
+      ending: readonly string[];
       cursorStart: number | undefined;
     },
   ) {
+    for (const id of parts.ending) this.ending.add(id);
     this.cryptoCounts = parts.cryptoCounts;
     this.log = parts.log;
     this.store = parts.store;
@@ -159,7 +174,6 @@ export class StarlingNode {
       core: this.core,
       store: this.store,
       keys: { transfers: TRANSFERS_PREFIX, outboxPeer: (to) => to, payment: paymentKey },
-      journal: new TransferJournal(this.core.transfers),
       augment: (r, batch) => this.augmentStep(r, batch),
       dispatch: (r, seqs) => this.dispatchStep(r, seqs),
     });
@@ -235,7 +249,10 @@ export class StarlingNode {
         verifier,
         privateKey: Buffer.from(p2pSeed, "hex"),
         // A hub serves many users, who may all connect at once (after a restart) and from few addresses.
-        ...(config.role === "hub" ? { limits: HUB_CONNECTION_LIMITS } : {}),
+        limits: config.role === "hub" ? HUB_CONNECTION_LIMITS : { pingIntervalMs: PING_INTERVAL_MS },
+        // The handler applies each message as it is called (the step runner keeps that order) and
+        // resolves once the step is durable: a peer's next message need not wait for that.
+        pipelineHandler: true,
         logger: {
           info: (m, ...a) => logger.debug({ p2p: a }, m),
           warn: (m, ...a) => logger.warn({ p2p: a }, m),
@@ -252,6 +269,7 @@ export class StarlingNode {
         core,
         signer,
         cryptoCounts,
+        ending: channels.filter((c) => c.status !== "open").map((c) => c.config.channelId),
         cursorStart: deployment.deployBlock > 0 ? deployment.deployBlock - 1 : undefined,
       });
       await node.startServices();
@@ -316,6 +334,7 @@ export class StarlingNode {
 
   /** After a step's writes are durable (in step order): send, then act on what happened. */
   private dispatchStep(r: StepResult, outboxSeqs: readonly bigint[]): void {
+    for (const c of r.persist.channels) if (c.status !== "open") this.ending.add(c.config.channelId);
     r.send.forEach((o, i) => void this.sendOutbox(o.to, outboxSeqs[i]!, o.envelope));
     this.tower?.handOff(r.persist.channels);
     for (const e of r.events) this.onEngineEvent(e);
@@ -419,10 +438,14 @@ export class StarlingNode {
       case "ChannelPenalized":
         await this.markClosed(e.channelId as Hex);
         break;
-      case "SecretRevealed":
-        // A payee may reveal on chain while this node was away: claim upstream with it.
-        await this.step({ type: "secretRevealed", secret: e.secret as Hex });
+      case "SecretRevealed": {
+        // A payee may reveal on chain while this node was away: claim upstream with it. The block's
+        // time says whether the reveal came before a lock's expiry (the lock is then the receiver's).
+        const block = await this.provider.getBlock(e.blockNumber);
+        if (!block) throw new Error(`block ${e.blockNumber} not found`);
+        await this.step({ type: "secretRevealed", secret: e.secret as Hex, revealedAt: BigInt(block.timestamp) });
         break;
+      }
       case "StateUpdated":
       case "ChannelSettled":
       case "LocksUnlocked":
@@ -513,7 +536,12 @@ export class StarlingNode {
   /** Settles channels whose challenge period is over and unlocks what is resolvable. */
   private async watchClosedChannels(): Promise<void> {
     if (this.stopped) return;
-    const closed = (await this.store.listChannels<ChannelData>()).filter((c) => c.status === "closed" || c.status === "closing");
+    // Only channels known to be closing or closed are read (a hub has many open ones).
+    const closed: ChannelData[] = [];
+    for (const id of [...this.ending].sort()) {
+      const c = await this.store.getChannel<ChannelData>(id);
+      if (c && (c.status === "closed" || c.status === "closing")) closed.push(c);
+    }
     for (const c of closed) {
       const { participant1: p1, participant2: p2, channelId } = c.config;
       let info: ChannelInfo;
@@ -599,9 +627,10 @@ export class StarlingNode {
   }
 
   private onlyChannel(): ChannelData | undefined {
-    const open = this.core.channels().filter((c) => c.status === "open");
-    if (open.length !== 1) throw new NodeError("BAD_STATE", `this node has ${open.length} open channels: name one`);
-    return open[0];
+    // A closing channel counts: a forced close follows a cooperative one the partner left unanswered.
+    const live = this.core.channels().filter((c) => c.status !== "closed");
+    if (live.length !== 1) throw new NodeError("BAD_STATE", `this node has ${live.length} channels that are not closed: name one`);
+    return live[0];
   }
 
   async openChannel(partner: Address, deposit: bigint): Promise<{ channelId: Hex; txHash: string }> {
@@ -642,7 +671,7 @@ export class StarlingNode {
     const done = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.events.off("channelChanged", check);
-        reject(new NodeError("TIMEOUT", `the partner did not confirm the withdrawal within ${timeoutMs} ms; it expires unused`));
+        reject(new NodeError("TIMEOUT", `the partner did not confirm the withdrawal within ${timeoutMs} ms; the request stands until its expiry and executes if the partner confirms it by then`));
       }, timeoutMs);
       const target = (c.config.me === 1 ? c.funding.withdrawn1 : c.funding.withdrawn2) + amount;
       const check = (s: ChannelSummary) => {
@@ -679,7 +708,7 @@ export class StarlingNode {
         }
         await new Promise((res) => setTimeout(res, 250));
       }
-      throw new NodeError("TIMEOUT", `the partner did not sign the cooperative close within ${timeoutMs} ms; use force to close unilaterally`);
+      throw new NodeError("TIMEOUT", `the partner did not sign the cooperative close within ${timeoutMs} ms; the request stands and completes when the partner signs it, or use force to close unilaterally`);
     }
     const latest = this.core.channel(channelId)?.latest ?? c.latest;
     const partnerSig = c.config.me === 1 ? latest.sig2 : latest.sig1;

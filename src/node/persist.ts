@@ -37,33 +37,10 @@ export function transferStateFromPlain(p: StoredTransferState): TransferState {
 const TABLES: readonly (keyof TransferState)[] = ["payments", "incoming", "secrets", "sent", "received", "metadata", "queues", "registered"];
 
 /**
- * The transfer state is stored one record per entry (`<prefix><table>!<key>`), so a step writes
- * only the entries it changed instead of the whole state (which holds every payment in flight).
- * The journal remembers the state last handed to the store and turns the next one into puts and
- * deletes. Tables the engine did not touch keep their identity, so comparing them costs nothing.
+ * The transfer state is stored one record per entry, `<prefix><table>!<key>`, so a step writes
+ * only the entries it changed (the engine reports them) instead of the whole state, which holds
+ * every payment in flight.
  */
-export class TransferJournal {
-  #last: TransferState;
-
-  constructor(persisted: TransferState) {
-    this.#last = persisted;
-  }
-
-  diff(next: TransferState, prefix: string): { put: { key: string; value: unknown }[]; del: string[] } {
-    const put: { key: string; value: unknown }[] = [];
-    const del: string[] = [];
-    const last = this.#last;
-    for (const table of TABLES) {
-      const before = last[table] as ReadonlyMap<string, unknown>;
-      const after = next[table] as ReadonlyMap<string, unknown>;
-      if (before === after) continue;
-      for (const [key, value] of after) if (before.get(key) !== value) put.push({ key: `${prefix}${table}!${key}`, value });
-      if (before.size + put.length > after.size) for (const key of before.keys()) if (!after.has(key)) del.push(`${prefix}${table}!${key}`);
-    }
-    this.#last = next;
-    return { put, del };
-  }
-}
 
 /** Rebuilds a transfer state from its entries as listed by the store under `prefix`. */
 export function transferStateFromEntries(entries: Iterable<[string, unknown]>, prefix: string): TransferState {

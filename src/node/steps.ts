@@ -15,7 +15,6 @@ import type { NodeCore, NodeInput, StepResult } from "../engine/node-core.js";
 import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
 import type { Address } from "../protocol/types.js";
 import type { Batch, Store } from "../store/index.js";
-import { TransferJournal } from "./persist.js";
 
 /** Where a node's records live in the store. */
 export interface StepKeys {
@@ -31,8 +30,6 @@ export interface StepRunnerOptions {
   core: NodeCore;
   store: Store;
   keys: StepKeys;
-  /** Restored transfer-state entries (what {@link loadTransferEntries} read), so later steps write only what changes. */
-  journal: TransferJournal;
   /** Runs once the step's writes are durable, in step order: send `r.send` (their outbox seqs given), act on events. */
   dispatch(r: StepResult, outboxSeqs: readonly bigint[]): void;
   /** Adds the shell's own writes for a step to its batch (called as the step is applied). */
@@ -52,7 +49,6 @@ export class StepRunner {
   readonly #core: NodeCore;
   readonly #store: Store;
   readonly #keys: StepKeys;
-  readonly #journal: TransferJournal;
   readonly #dispatch: StepRunnerOptions["dispatch"];
   readonly #augment: StepRunnerOptions["augment"];
   readonly #now: () => number;
@@ -67,7 +63,6 @@ export class StepRunner {
     this.#core = opts.core;
     this.#store = opts.store;
     this.#keys = opts.keys;
-    this.#journal = opts.journal;
     this.#dispatch = opts.dispatch;
     this.#augment = opts.augment;
     this.#now = opts.now ?? Date.now;
@@ -133,8 +128,20 @@ export class StepRunner {
     const batch: Batch = {};
     if (r.persist.channels.length > 0) batch.channels = r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c }));
     if (r.send.length > 0) batch.outboxAdd = r.send.map((o) => ({ peer: this.#keys.outboxPeer(o.to), message: o.envelope }));
-    if (r.persist.transfers) {
-      const { put, del } = this.#journal.diff(r.persist.transfers, this.#keys.transfers);
+    const { transfers, transferChanges } = r.persist;
+    if (transfers && transferChanges) {
+      // One record per changed entry: the step writes what it changed, not the whole state.
+      const put: { key: string; value: unknown }[] = [];
+      const del: string[] = [];
+      for (const [table, keys] of transferChanges) {
+        const entries = transfers[table] as ReadonlyMap<string, unknown>;
+        for (const key of keys) {
+          const value = entries.get(key);
+          const storeKey = `${this.#keys.transfers}${table}!${key}`;
+          if (value === undefined) del.push(storeKey);
+          else put.push({ key: storeKey, value });
+        }
+      }
       if (put.length > 0) batch.meta = put;
       if (del.length > 0) batch.deleteMeta = del;
     }

@@ -41,11 +41,17 @@ export interface ConnectionLimits {
   maxIncomingPendingConnections?: number;
   /** New inbound connections accepted per second from one remote host. */
   inboundConnectionThreshold?: number;
+  /**
+   * How often each connection is pinged to find dead ones (libp2p: 10 s). Every ping opens a
+   * stream and negotiates its protocol, on both ends: a hub with N users handles about 2N / interval
+   * of them per second.
+   */
+  pingIntervalMs?: number;
 }
 
 export async function createNode(init: NodeInit): Promise<Libp2p> {
   const window = init.maxStreamWindow ?? 4 * 1024 * 1024;
-  const limits = init.limits ?? {};
+  const { pingIntervalMs, ...limits } = init.limits ?? {};
   return createLibp2p({
     privateKey: await peerKeyFromSeed(init.seed),
     addresses: { listen: init.listen ?? DEFAULT_LISTEN },
@@ -60,6 +66,7 @@ export async function createNode(init: NodeInit): Promise<Libp2p> {
       }),
     ],
     ...(Object.keys(limits).length > 0 ? { connectionManager: { ...limits } } : {}),
+    ...(pingIntervalMs !== undefined ? { connectionMonitor: { pingInterval: pingIntervalMs } } : {}),
     start: false,
   });
 }

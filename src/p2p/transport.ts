@@ -50,6 +50,8 @@ const DEFAULTS = {
 /** Inbound frames waiting for the handler beyond which we stop reading (yamux then stops the sender). */
 const PAUSE_FRAMES = 1024;
 const PAUSE_BYTES = 4 * 1024 * 1024;
+/** Pipelined handler calls per inbound stream whose reply is not written yet, at most. */
+const MAX_PIPELINED = 256;
 
 const noopLogger: TransportLogger = { info() {}, warn() {}, error() {} };
 
@@ -225,11 +227,14 @@ class InChannel {
   private running = false;
   private paused = false;
   private ended = false;
+  /** Pipelined mode: handler calls started whose reply is not written yet, and the tail of the replies in order. */
+  private inFlight = 0;
+  private replies: Promise<void> = Promise.resolve();
 
   constructor(
     stream: Stream,
     private readonly from: Address,
-    private readonly deps: ChannelDeps & { handler(): MessageHandler | undefined },
+    private readonly deps: ChannelDeps & { handler(): MessageHandler | undefined; pipeline: boolean },
     private readonly onDone: (channel: InChannel) => void,
   ) {
     this.io = new FramedStream({
@@ -257,7 +262,7 @@ class InChannel {
     }
     this.queue.push({ id: frame.id, body: frame.body, size });
     this.queuedBytes += size;
-    if (!this.paused && (this.queue.length - this.head >= PAUSE_FRAMES || this.queuedBytes >= PAUSE_BYTES)) {
+    if (!this.paused && (this.queue.length - this.head + this.inFlight >= PAUSE_FRAMES || this.queuedBytes >= PAUSE_BYTES)) {
       this.paused = true;
       this.io.pause();
     }
@@ -267,20 +272,35 @@ class InChannel {
   private async run(): Promise<void> {
     this.running = true;
     try {
-      while (this.head < this.queue.length && this.io.isOpen) {
-        const item = this.queue[this.head]!;
-        // Index-based queue: shift() is O(n) and a resumed stream can deliver tens of thousands of frames at once.
-        this.queue[this.head++] = undefined;
-        this.queuedBytes -= item.size;
-        if (this.head >= 4096 && this.head * 2 >= this.queue.length) {
-          this.queue = this.queue.slice(this.head);
-          this.head = 0;
+      for (;;) {
+        while (this.head < this.queue.length && this.io.isOpen) {
+          const item = this.queue[this.head]!;
+          // Index-based queue: shift() is O(n) and a resumed stream can deliver tens of thousands of frames at once.
+          this.queue[this.head++] = undefined;
+          this.queuedBytes -= item.size;
+          if (this.head >= 4096 && this.head * 2 >= this.queue.length) {
+            this.queue = this.queue.slice(this.head);
+            this.head = 0;
+          }
+          if (this.deps.pipeline) {
+            // The handler is called now, before the previous call has finished; replies keep the order.
+            const reply = this.reply(item.id, item.body);
+            this.inFlight++;
+            this.replies = this.replies.then(async () => {
+              const frame = await reply;
+              this.inFlight--;
+              this.io.writeFrame(encodeFrame(frame));
+            });
+            if (this.inFlight >= MAX_PIPELINED) await this.replies;
+          } else {
+            this.io.writeFrame(encodeFrame(await this.reply(item.id, item.body)));
+          }
+          this.maybeResume();
         }
-        await this.deliver(item.id, item.body);
-        if (this.paused && this.queue.length - this.head <= PAUSE_FRAMES / 4 && this.queuedBytes <= PAUSE_BYTES / 4) {
-          this.paused = false;
-          this.io.resume();
-        }
+        // Acks still to write (pipelined): wait for them, then take what arrived meanwhile.
+        if (this.inFlight === 0 || !this.io.isOpen) break;
+        await this.replies;
+        this.maybeResume();
       }
     } finally {
       this.running = false;
@@ -292,7 +312,15 @@ class InChannel {
     }
   }
 
-  private async deliver(id: string, body: unknown): Promise<void> {
+  private maybeResume(): void {
+    if (this.paused && this.queue.length - this.head + this.inFlight <= PAUSE_FRAMES / 4 && this.queuedBytes <= PAUSE_BYTES / 4) {
+      this.paused = false;
+      this.io.resume();
+    }
+  }
+
+  /** Runs the handler (its synchronous part right away) and makes the ack or nack for it. */
+  private async reply(id: string, body: unknown): Promise<Frame> {
     const handler = this.deps.handler();
     let reply: Frame;
     if (handler === undefined) {
@@ -307,7 +335,7 @@ class InChannel {
         reply = { v: FRAME_VERSION, kind: "nack", id, error: text };
       }
     }
-    this.io.writeFrame(encodeFrame(reply));
+    return reply;
   }
 }
 
@@ -324,6 +352,7 @@ export class P2PTransport {
   private readonly protocolVersion: number;
   private readonly logger: TransportLogger;
   private readonly limits: ConnectionLimits | undefined;
+  private readonly pipelineHandler: boolean;
 
   private node: Libp2p | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
@@ -354,6 +383,7 @@ export class P2PTransport {
     this.protocolVersion = options.protocolVersion ?? DEFAULTS.protocolVersion;
     this.logger = options.logger ?? noopLogger;
     this.limits = options.limits;
+    this.pipelineHandler = options.pipelineHandler ?? false;
     if (!Number.isSafeInteger(this.maxMessageBytes) || this.maxMessageBytes < 64) throw new Error("createTransport: maxMessageBytes must be an integer >= 64");
     for (const [name, value] of Object.entries({ sendTimeoutMs: this.sendTimeoutMs, helloTimeoutMs: this.helloTimeoutMs, redialMinMs: this.redialMinMs, redialMaxMs: this.redialMaxMs })) {
       if (!Number.isFinite(value) || value <= 0) throw new Error(`createTransport: ${name} must be a positive number`);
@@ -846,7 +876,7 @@ export class P2PTransport {
     const channel = new InChannel(
       stream,
       from,
-      { maxFrameBytes: this.maxMessageBytes, logger: this.logger, handler: () => this.handler },
+      { maxFrameBytes: this.maxMessageBytes, logger: this.logger, handler: () => this.handler, pipeline: this.pipelineHandler },
       (done) => this.inbound.delete(done),
     );
     this.inbound.add(channel);

@@ -38,12 +38,20 @@ export interface TransportOptions {
   logger?: TransportLogger;
   /** Connection limits (a hub raises them); libp2p's defaults where absent. */
   limits?: ConnectionLimits;
+  /**
+   * Call the message handler for a peer's next message without waiting for its previous call to
+   * finish (default false: one at a time). Calls still start in the order sent, and each ack goes
+   * out only after its own call finished, in that order. For a handler that applies messages in
+   * the order it is called (its synchronous part) and resolves once that is durable.
+   */
+  pipelineHandler?: boolean;
 }
 
 export type PeerEvent = "connected" | "disconnected";
 
 /**
- * Called for every message, one at a time per sending peer in the order sent. The ack goes back
+ * Called for every message, one at a time per sending peer in the order sent (with
+ * `pipelineHandler`, started in that order without waiting for the previous call). The ack goes back
  * once the returned promise resolves; if it rejects, the sender's send() rejects with its message.
  * Every frame received is delivered, duplicates included: a send that timed out may have been
  * handled, and a resend then arrives again with a new id. Deduplication belongs to the caller.

@@ -155,6 +155,17 @@ export interface Deps {
   /** Unix seconds. */
   now: bigint;
   policy: Policy;
+  /**
+   * Chain time at which a lock's secret was registered in the SecretRegistry, if this node has
+   * seen it. A lock registered at or before its expiry is its receiver's (as `unlock` on chain
+   * decides): it may still be unlocked off chain after its expiry, and is never removed as expired.
+   */
+  revealedAt?: (channelId: Hex, secretHash: Hex) => bigint | undefined;
+}
+
+function claimedOnChain(c: ChannelData, lock: Lock, deps: Deps): boolean {
+  const at = deps.revealedAt?.(c.config.channelId, lock.secretHash);
+  return at !== undefined && at <= lock.expiry;
 }
 
 // ------------------------------------------------------------------ messages
@@ -217,7 +228,9 @@ export type ChannelErrorCode =
   | "UNEXPECTED_MESSAGE"
   | "WITHDRAW_PENDING"
   | "BAD_EXPIRY"
-  | "LOCKS_PENDING";
+  | "LOCKS_PENDING"
+  /** An expired lock whose secret reached the chain in time: its receiver's, not removable. */
+  | "LOCK_CLAIMED";
 
 export interface ChannelError {
   code: ChannelErrorCode;
@@ -399,7 +412,7 @@ export function applyOps(c: ChannelData, ops: readonly Op[], proposer: Side, dep
         const lock = locks[i];
         if (!lock) return bad("UNKNOWN_LOCK", `no pending lock has secret hash ${hash}`);
         if (lock.sender === proposer) return bad("NOT_LOCK_RECEIVER", "only a lock's receiver proposes its unlock");
-        if (now > lock.expiry) return bad("LOCK_EXPIRED", `lock ${hash} expired at ${lock.expiry}`);
+        if (now > lock.expiry && !claimedOnChain(c, lock, deps)) return bad("LOCK_EXPIRED", `lock ${hash} expired at ${lock.expiry}`);
         locks.splice(i, 1);
         if (lock.sender === 1) {
           locked1 -= lock.amount;
@@ -416,6 +429,9 @@ export function applyOps(c: ChannelData, ops: readonly Op[], proposer: Side, dep
         if (!lock) return bad("UNKNOWN_LOCK", `no pending lock has secret hash ${op.secretHash}`);
         if (lock.sender !== proposer) return bad("NOT_LOCK_SENDER", "only a lock's sender removes it after expiry");
         if (now <= lock.expiry) return bad("LOCK_NOT_EXPIRED", `lock ${op.secretHash} expires at ${lock.expiry}`);
+        if (claimedOnChain(c, lock, deps)) {
+          return bad("LOCK_CLAIMED", `the secret of lock ${op.secretHash} was registered on chain before it expired`);
+        }
         locks.splice(i, 1);
         if (lock.sender === 1) locked1 -= lock.amount;
         else locked2 -= lock.amount;

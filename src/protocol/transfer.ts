@@ -151,6 +151,8 @@ export interface SentLock {
   upstream: LockKey | null;
   meta: LockedTransfer;
   metaSentAt: bigint | null;
+  /** Chain time its secret was registered on chain, once seen: at or before `expiry`, the lock is the receiver's. */
+  revealedAt?: bigint;
 }
 
 /** A fully signed lock this node receives (as mediator or target). */
@@ -167,6 +169,8 @@ export interface ReceivedLock {
   role: "waiting" | "target" | "mediator" | "refused";
   downstream: LockKey | null;
   requestedAt: bigint | null;
+  /** Chain time its secret was registered on chain, once seen: at or before `expiry`, the lock is this node's. */
+  revealedAt?: bigint;
 }
 
 export interface TransferState {
@@ -221,6 +225,8 @@ export interface TransferContext {
   channel(channelId: Hex): ChannelData | undefined;
   /** The channel to forward a lock for `target` into: the one with `target`, or towards its hub. */
   routeFor(target: Address): Hex | null;
+  /** Change the state in place, logged by this ledger (see {@link TransferLedger}); copy on write without. */
+  ledger?: TransferLedger;
 }
 
 export type TransferInput =
@@ -236,8 +242,8 @@ export type TransferInput =
   | { type: "proposalFailed"; channelId: Hex; ops: readonly Op[]; error: ChannelError }
   /** A transfer message; `from` is the authenticated peer it came from, `to` its final recipient. */
   | { type: "receive"; from: Address; to: Address; message: TransferMessage }
-  /** A secret seen in the chain's SecretRegistry: claim every received lock it opens. */
-  | { type: "secretRevealed"; secret: Hex }
+  /** A secret seen in the chain's SecretRegistry (at chain time `revealedAt`): claim every received lock it opens. */
+  | { type: "secretRevealed"; secret: Hex; revealedAt?: bigint }
   | { type: "tick" };
 
 export type TransferEffect =
@@ -282,13 +288,135 @@ const reject = (code: TransferErrorCode, message: string): Rejected => ({ ok: fa
 
 type Writable<M> = M extends ReadonlyMap<infer K, infer V> ? Map<K, V> : never;
 type Tables = { [K in keyof TransferState]: Writable<TransferState[K]> };
+type KeyOf<M> = M extends ReadonlyMap<infer K, unknown> ? K : never;
+type ValueOf<M> = M extends ReadonlyMap<unknown, infer V> ? V : never;
+/** What a transition does to a table: a Map (copy-on-write), or the ledger's in-place writer. */
+interface TableWriter<K, V> {
+  set(key: K, value: V): unknown;
+  delete(key: K): unknown;
+}
+type Writers = { [T in keyof TransferState]: TableWriter<KeyOf<TransferState[T]>, ValueOf<TransferState[T]>> };
+export type TransferTable = keyof TransferState;
+/** Entries a step changed, by table: the shell writes exactly these (an absent entry is a delete). */
+export type TransferChanges = ReadonlyMap<TransferTable, ReadonlySet<string>>;
 
-/** Copy-on-write view of the state: each table is copied at most once per transition. */
+interface Change {
+  map: Map<string, unknown>;
+  table: TransferTable;
+  key: string;
+  had: boolean;
+  old: unknown;
+}
+
+/**
+ * In-place mode for an owner that only ever keeps the newest transfer state (NodeCore): with a
+ * ledger in the context, a transition changes the state's tables in place instead of copying
+ * each one it touches (a copy is O(payments in flight), paid on almost every input of a busy
+ * hub). The ledger logs every change, so a refused input, or a step that fails later, is undone
+ * exactly; collects the changed entries, so the shell persists only those; and indexes locks by
+ * secret hash, so finding a secret's locks does not scan them all.
+ *
+ * Without a ledger a transition never touches the state it is given (copy on write), as before.
+ */
+export class TransferLedger {
+  #log: Change[] = [];
+  #dirty = new Map<TransferTable, Set<string>>();
+  readonly #byHash = { sent: new Map<string, Set<LockKey>>(), received: new Map<string, Set<LockKey>>() };
+
+  /** Tracks `state`, whose tables (Maps) transitions with this ledger will change in place. */
+  constructor(state: TransferState) {
+    for (const table of ["sent", "received"] as const) {
+      for (const [key, lock] of state[table]) this.#index(table, key, lock.secretHash, true);
+    }
+  }
+
+  /** A point to roll back to. */
+  mark(): number {
+    return this.#log.length;
+  }
+
+  /** Undoes every change made since `mark`. */
+  rollback(mark: number): void {
+    while (this.#log.length > mark) {
+      const c = this.#log.pop()!;
+      this.#write(c.map, c.table, c.key, c.had, c.old);
+    }
+  }
+
+  /** Forgets the undo log: what happened so far is final. */
+  settle(): void {
+    if (this.#log.length > 0) this.#log = [];
+  }
+
+  /** The entries changed since the last call. */
+  takeChanges(): TransferChanges | null {
+    if (this.#dirty.size === 0) return null;
+    const changes = this.#dirty;
+    this.#dirty = new Map();
+    return changes;
+  }
+
+  /** Keys of the locks in `table` whose secret hash is `secretHash` (a copy: safe to change the table meanwhile). */
+  withHash(table: "sent" | "received", secretHash: string): LockKey[] {
+    const keys = this.#byHash[table].get(secretHash);
+    return keys ? [...keys] : [];
+  }
+
+  hasHash(table: "sent" | "received", secretHash: string): boolean {
+    return this.#byHash[table].has(secretHash);
+  }
+
+  writer<T extends TransferTable>(state: TransferState, table: T): Writers[T] {
+    const map = state[table] as unknown as Map<string, unknown>;
+    const w: TableWriter<string, unknown> = {
+      set: (key, value) => this.#change(map, table, key, true, value),
+      delete: (key) => this.#change(map, table, key, false, undefined),
+    };
+    return w as unknown as Writers[T];
+  }
+
+  #change(map: Map<string, unknown>, table: TransferTable, key: string, has: boolean, value: unknown): void {
+    const had = map.has(key);
+    if (!had && !has) return;
+    this.#log.push({ map, table, key, had, old: map.get(key) });
+    let keys = this.#dirty.get(table);
+    if (!keys) this.#dirty.set(table, (keys = new Set()));
+    keys.add(key);
+    this.#write(map, table, key, has, value);
+  }
+
+  #write(map: Map<string, unknown>, table: TransferTable, key: string, has: boolean, value: unknown): void {
+    if (table === "sent" || table === "received") {
+      const old = map.get(key) as { secretHash: string } | undefined;
+      if (old) this.#index(table, key, old.secretHash, false);
+      if (has) this.#index(table, key, (value as { secretHash: string }).secretHash, true);
+    }
+    if (has) map.set(key, value);
+    else map.delete(key);
+  }
+
+  #index(table: "sent" | "received", key: LockKey, secretHash: string, add: boolean): void {
+    const index = this.#byHash[table];
+    const keys = index.get(secretHash);
+    if (add) {
+      if (keys) keys.add(key);
+      else index.set(secretHash, new Set([key]));
+    } else if (keys) {
+      keys.delete(key);
+      if (keys.size === 0) index.delete(secretHash);
+    }
+  }
+}
+
+/** The transition's view of the state: copy-on-write (each table copied at most once), or in place through a ledger. */
 class Work {
   readonly effects: TransferEffect[] = [];
   readonly me: Address;
   readonly now: bigint;
   private readonly copies: Partial<Tables> = {};
+  private readonly ledger: TransferLedger | undefined;
+  private readonly writers: Partial<Writers> = {};
+  private changed = false;
 
   constructor(
     private readonly base: TransferState,
@@ -296,18 +424,37 @@ class Work {
   ) {
     this.me = normalizeAddress(ctx.signer.address);
     this.now = ctx.now;
+    this.ledger = ctx.ledger;
   }
 
   get<K extends keyof TransferState>(key: K): TransferState[K] {
     return (this.copies[key] ?? this.base[key]) as TransferState[K];
   }
 
-  mut<K extends keyof TransferState>(key: K): Tables[K] {
+  mut<K extends keyof TransferState>(key: K): Writers[K] {
+    if (this.ledger) {
+      this.changed = true;
+      return (this.writers[key] ??= this.ledger.writer(this.base, key));
+    }
     const existing = this.copies[key];
-    if (existing) return existing as Tables[K];
+    if (existing) return existing as unknown as Writers[K];
     const copy = new Map(this.base[key] as ReadonlyMap<unknown, unknown>) as Tables[K];
     this.copies[key] = copy;
-    return copy;
+    return copy as unknown as Writers[K];
+  }
+
+  /** Keys of the locks in `table` with this secret hash. */
+  withHash(table: "sent" | "received", secretHash: Hex): LockKey[] {
+    if (this.ledger) return this.ledger.withHash(table, secretHash);
+    const keys: LockKey[] = [];
+    for (const [key, l] of this.get(table)) if (l.secretHash === secretHash) keys.push(key);
+    return keys;
+  }
+
+  hasHash(table: "sent" | "received", secretHash: Hex): boolean {
+    if (this.ledger) return this.ledger.hasHash(table, secretHash);
+    for (const l of this.get(table).values()) if (l.secretHash === secretHash) return true;
+    return false;
   }
 
   emit(effect: TransferEffect): void {
@@ -315,6 +462,8 @@ class Work {
   }
 
   finish(): TransferState {
+    // In place the tables are the same objects: a new top-level object still says "changed".
+    if (this.ledger) return this.changed ? { ...this.base } : this.base;
     return Object.keys(this.copies).length === 0 ? this.base : { ...this.base, ...this.copies };
   }
 }
@@ -322,6 +471,21 @@ class Work {
 // ------------------------------------------------------------------ transition
 
 export function transferTransition(state: TransferState, input: TransferInput, ctx: TransferContext): TransferResult {
+  const ledger = ctx.ledger;
+  if (!ledger) return transitionOnce(state, input, ctx);
+  // In place: a refused input (or one that throws) must leave the state as it was.
+  const mark = ledger.mark();
+  try {
+    const r = transitionOnce(state, input, ctx);
+    if (!r.ok) ledger.rollback(mark);
+    return r;
+  } catch (err) {
+    ledger.rollback(mark);
+    throw err;
+  }
+}
+
+function transitionOnce(state: TransferState, input: TransferInput, ctx: TransferContext): TransferResult {
   const w = new Work(state, ctx);
   let payment: OutgoingPayment | undefined;
   switch (input.type) {
@@ -359,6 +523,7 @@ export function transferTransition(state: TransferState, input: TransferInput, c
       if (!isHexOf(input.secret, 32)) return reject("BAD_INPUT", "secret must be 32 bytes of hex");
       const secret = lower(input.secret);
       const secretHash = hashSecret(secret);
+      if (input.revealedAt !== undefined) markRevealed(w, secretHash, input.revealedAt);
       learnSecret(w, secret, secretHash);
       // Already on chain: the danger zone need not register it again.
       if (w.get("secrets").has(secretHash) && !w.get("registered").has(secretHash)) w.mut("registered").set(secretHash, w.now);
@@ -628,10 +793,11 @@ const metaMatches = (m: LockedTransfer, l: ReceivedLock): boolean =>
 /** Unlocks every received lock with this hash that can still be unlocked. */
 function learnSecret(w: Work, secret: Hex, secretHash: Hex): void {
   let useful = false;
-  for (const [key, r] of w.get("received")) {
-    if (r.secretHash !== secretHash) continue;
+  for (const key of w.withHash("received", secretHash)) {
+    const r = w.get("received").get(key);
+    if (!r) continue;
     useful = true;
-    if (r.stage !== "locked" || w.now > r.expiry) continue;
+    if (r.stage !== "locked" || (w.now > r.expiry && !claimedOnChain(r))) continue;
     w.mut("received").set(key, { ...r, stage: "unlocking" });
     enqueue(w, r.channelId, { type: "unlock", secret });
   }
@@ -640,10 +806,37 @@ function learnSecret(w: Work, secret: Hex, secretHash: Hex): void {
 
 /** Forgets a secret (and its registration) once no pending lock of this node uses its hash. */
 function pruneSecret(w: Work, secretHash: Hex): void {
-  for (const r of w.get("received").values()) if (r.secretHash === secretHash) return;
-  for (const s of w.get("sent").values()) if (s.secretHash === secretHash) return;
+  if (w.hasHash("received", secretHash) || w.hasHash("sent", secretHash)) return;
   if (w.get("secrets").has(secretHash)) w.mut("secrets").delete(secretHash);
   if (w.get("registered").has(secretHash)) w.mut("registered").delete(secretHash);
+}
+
+/** Notes when a secret reached the chain on every lock, sent or received, with its hash. */
+function markRevealed(w: Work, secretHash: Hex, at: bigint): void {
+  const news = (l: SentLock | ReceivedLock | undefined): l is SentLock | ReceivedLock =>
+    l !== undefined && l.secretHash === secretHash && (l.revealedAt === undefined || at < l.revealedAt);
+  for (const key of w.withHash("sent", secretHash)) {
+    const s = w.get("sent").get(key);
+    if (news(s)) w.mut("sent").set(key, { ...s, revealedAt: at });
+  }
+  for (const key of w.withHash("received", secretHash)) {
+    const r = w.get("received").get(key);
+    if (news(r)) w.mut("received").set(key, { ...r, revealedAt: at });
+  }
+}
+
+/** A lock whose secret was registered on chain at or before its expiry: its receiver's, as on chain. */
+const claimedOnChain = (l: SentLock | ReceivedLock): boolean => l.revealedAt !== undefined && l.revealedAt <= l.expiry;
+
+/** When the secret of the lock with this hash in this channel reached the chain, as far as this node knows. */
+export function revealedAt(
+  sent: ReadonlyMap<LockKey, SentLock>,
+  received: ReadonlyMap<LockKey, ReceivedLock>,
+  channelId: Hex,
+  secretHash: Hex,
+): bigint | undefined {
+  const key = lockKey(channelId, secretHash);
+  return sent.get(key)?.revealedAt ?? received.get(key)?.revealedAt;
 }
 
 // ------------------------------------------------------------------ target and mediator
@@ -798,7 +991,7 @@ function tick(w: Work): void {
   const { policy } = w.ctx;
   const now = w.now;
   for (const [key, s] of w.get("sent")) {
-    if (s.stage === "locked" && now > s.expiry) {
+    if (s.stage === "locked" && now > s.expiry && !claimedOnChain(s)) {
       w.mut("sent").set(key, { ...s, stage: "expiring" });
       enqueue(w, s.channelId, { type: "expire", secretHash: s.secretHash });
     } else if (s.stage === "locked" && s.metaSentAt !== null && now >= s.metaSentAt + policy.retrySeconds) {
@@ -813,7 +1006,9 @@ function tick(w: Work): void {
   for (const [key, r] of w.get("received")) {
     const secret = w.get("secrets").get(r.secretHash);
     if (secret !== undefined) {
-      if (r.stage === "locked" && now <= r.expiry) {
+      // A lock whose late unlock was refused is tried again once its secret is known on chain in time.
+      const claimed = claimedOnChain(r);
+      if ((r.stage === "locked" || (r.stage === "lost" && claimed)) && (now <= r.expiry || claimed)) {
         w.mut("received").set(key, { ...r, stage: "unlocking" });
         enqueue(w, r.channelId, { type: "unlock", secret });
       }
@@ -849,7 +1044,13 @@ function requeue(w: Work, channelId: Hex, ops: readonly Op[]): void {
 /** Proposes each idle channel's queue as one update, after failing the operations that cannot pass. */
 function flush(w: Work): void {
   const { ctx } = w;
-  const deps: Deps = { signer: ctx.signer, verifier: ctx.verifier, now: w.now, policy: ctx.channelPolicy };
+  const deps: Deps = {
+    signer: ctx.signer,
+    verifier: ctx.verifier,
+    now: w.now,
+    policy: ctx.channelPolicy,
+    revealedAt: (channelId, secretHash) => revealedAt(w.get("sent"), w.get("received"), channelId, secretHash),
+  };
   for (const [channelId, queue] of [...w.get("queues")]) {
     if (queue.length === 0) continue;
     const c = ctx.channel(channelId);

@@ -1,0 +1,490 @@
+/**
+ * Starling's performance figures against their targets, everything on this machine: the embedded
+ * chain, a real hub daemon in its own process, and a load generator playing the users.
+ *
+ *   npm run bench                  full run (1,000 channels; 100,000-channel hub scale test), < 10 min
+ *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), < 60 s
+ *   npm run bench -- --json        one JSON object on stdout (progress goes to stderr)
+ *   options: --users N  --window N (payments in flight per payer)  --scale N (channels)
+ *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
+ *            --skip-payments  --skip-scale  --skip-gas
+ *
+ * What is measured (docs/performance.md explains each figure and how to reproduce it):
+ *   throughput   payers pay payees A -> hub -> B with a fixed number of payments in flight each;
+ *                a payment counts once the payer's step that completes it is durable.
+ *   latency      one payment at a time; then payments started at half the measured maximum rate.
+ *   crypto       signatures made and checked per payment (hub and users counted separately), the
+ *                signer's rate on this machine, and the payment rate that would leave the hub
+ *                doing nothing but that crypto.
+ *   hub scale    a hub store with N synthetic channels (see bench/scale.ts): RSS, restart time,
+ *                LevelDB bytes per channel, record bytes as a channel's updates grow.
+ *   gas          scripts/gas.ts, against Raiden's published figures.
+ */
+import { cpus, loadavg, tmpdir } from "node:os";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { keccak_256 } from "@noble/hashes/sha3.js";
+import { getBytes, Interface } from "ethers";
+import { artifact } from "../src/chain/artifacts.js";
+import { startDevnet, type Devnet } from "../src/chain/devnet.js";
+import { normalizeAddress } from "../src/protocol/eip712.js";
+import type { Address, Hex } from "../src/protocol/types.js";
+import { loadBackend, newCryptoCounts, type Secp256k1Backend } from "../src/signer/index.js";
+import { LevelStore } from "../src/store/index.js";
+import { measure as measureGas } from "./gas.js";
+import { cpuSeconds, dirBytes, hubMetrics, initHub, rssBytes, startHub, type HubProcess } from "./bench/hub.js";
+import { buildSyntheticHubStore } from "./bench/scale.js";
+import { BenchUser, openChannels, pool, waitForHubChannels, type UserCounters } from "./bench/users.js";
+
+// ------------------------------------------------------------------ options
+
+const argv = process.argv.slice(2);
+const flag = (name: string): boolean => argv.includes(name);
+const option = (name: string): string | undefined => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
+const num = (name: string, fallback: number): number => {
+  const v = option(name);
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} takes a positive number, got ${v}`);
+  return n;
+};
+
+const QUICK = flag("--quick");
+const JSON_OUT = flag("--json");
+const CFG = {
+  users: num("--users", QUICK ? 100 : 1000),
+  window: num("--window", 1),
+  latencySamples: QUICK ? 100 : 500,
+  warmupMs: QUICK ? 1500 : 5000,
+  windows: QUICK ? 3 : 5,
+  windowMs: QUICK ? 2000 : 6000,
+  loadedMs: QUICK ? 3000 : 15000,
+  scaleChannels: num("--scale", QUICK ? 10_000 : 100_000),
+  scaleSample: QUICK ? 20 : 200,
+  restarts: QUICK ? 2 : 3,
+};
+const profileDir = option("--profile");
+
+const log = (msg: string): void => {
+  const line = `[bench ${((performance.now() - T0) / 1000).toFixed(1).padStart(5)}s] ${msg}`;
+  if (JSON_OUT) console.error(line);
+  else console.log(line);
+};
+const T0 = performance.now();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+const sortNum = (xs: readonly number[]): number[] => [...xs].sort((a, b) => a - b);
+const median = (xs: readonly number[]): number => percentile(sortNum(xs), 50);
+const round = (x: number, digits = 2): number => Number(x.toFixed(digits));
+
+// ------------------------------------------------------------------ figures
+
+interface Figures {
+  paymentsPerSecond: number;
+  latencyP50Ms: number;
+  latencyP99Ms: number;
+  loadedLatencyP99Ms: number;
+  hubChannels: number;
+  hubRssBytes: number;
+  restartSeconds: number;
+  storeBytesPerChannel: number;
+  cryptoBoundPaymentsPerSecond: number;
+  [extra: string]: unknown;
+}
+
+const figures: Partial<Figures> = {};
+
+// ------------------------------------------------------------------ the pieces
+
+async function setCreditLimit(devnet: Devnet, hub: string): Promise<void> {
+  const iface = new Interface(artifact("StarlingChannels").abi as ConstructorParameters<typeof Interface>[0]);
+  const data = iface.encodeFunctionData("setCreditLimit", [hub, 10n ** 30n]);
+  const hash = (await devnet.provider.send("eth_sendTransaction", [{ from: devnet.wallets[0]!.address, to: devnet.deployment.channels, data }])) as string;
+  await devnet.provider.waitForTransaction(hash);
+}
+
+function signerRates(backend: Secp256k1Backend, ms: number): { sign: number; recover: number } {
+  const signer = backend.createSigner(keccak_256(new TextEncoder().encode("bench signer")));
+  const digests = Array.from({ length: 64 }, (_, i) => keccak_256(Uint8Array.of(i)));
+  const sigs = digests.map((d) => signer.signDigest(d));
+  const rate = (op: (i: number) => void): number => {
+    for (let i = 0; i < 200; i++) op(i);
+    let n = 0;
+    const t = performance.now();
+    while (performance.now() - t < ms) for (let j = 0; j < 32; j++) op(n++);
+    return (n / (performance.now() - t)) * 1000;
+  };
+  const runs = 3;
+  const sign = median(Array.from({ length: runs }, () => rate((i) => void signer.signDigest(digests[i & 63]!))));
+  const recover = median(Array.from({ length: runs }, () => rate((i) => void backend.verifier.recoverAddress(digests[i & 63]!, sigs[i & 63]!))));
+  return { sign, recover };
+}
+
+interface Pair {
+  payer: BenchUser;
+  payee: BenchUser;
+}
+
+async function latencyRun(pair: Pair, n: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = performance.now();
+    await pair.payer.pay(pair.payee.address, 1n);
+    out.push(performance.now() - t);
+  }
+  return out;
+}
+
+interface ThroughputResult {
+  rates: number[];
+  completed: number;
+  failed: number;
+  latencies: number[];
+  hubCrypto: { signatures: number; recoveries: number };
+  userCrypto: { signatures: number; recoveries: number };
+  hubCommits: number;
+  hubWrites: number;
+  hubCpu: number;
+  loadCpu: number;
+  seconds: number;
+}
+
+async function throughputRun(pairs: Pair[], window: number, hub: HubProcess, counters: UserCounters): Promise<ThroughputResult> {
+  let stop = false;
+  const done: number[] = [];
+  const lat: number[] = [];
+  let failed = 0;
+  const loops: Promise<void>[] = [];
+  for (const { payer, payee } of pairs) {
+    for (let w = 0; w < window; w++) {
+      loops.push(
+        (async () => {
+          while (!stop) {
+            const t = performance.now();
+            try {
+              await payer.pay(payee.address, 1n);
+              const end = performance.now();
+              done.push(end);
+              lat.push(end - t);
+            } catch {
+              failed++;
+              await sleep(50);
+            }
+          }
+        })(),
+      );
+    }
+  }
+  await sleep(CFG.warmupMs);
+  const m0 = await hubMetrics(hub.metricsPort);
+  const u0 = { ...counters.crypto };
+  const cpuHub0 = cpuSeconds(hub.pid);
+  const cpuLoad0 = process.cpuUsage();
+  const start = performance.now();
+  const from = done.length;
+  const latFrom = lat.length;
+  const rates: number[] = [];
+  let t = start;
+  for (let k = 0; k < CFG.windows; k++) {
+    const before = done.length;
+    await sleep(CFG.windowMs);
+    const now = performance.now();
+    rates.push(((done.length - before) / (now - t)) * 1000);
+    t = now;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  const completed = done.length - from;
+  const m1 = await hubMetrics(hub.metricsPort);
+  const cpuHub = cpuSeconds(hub.pid) - cpuHub0;
+  const cl = process.cpuUsage(cpuLoad0);
+  const u1 = { ...counters.crypto };
+  const latencies = lat.slice(latFrom);
+  stop = true;
+  await Promise.all(loops);
+  const d = (k: string) => (m1[k] ?? 0) - (m0[k] ?? 0);
+  return {
+    rates,
+    completed,
+    failed,
+    latencies,
+    hubCrypto: { signatures: d("starling_signatures_total"), recoveries: d("starling_signature_recoveries_total") },
+    userCrypto: { signatures: u1.signatures - u0.signatures, recoveries: u1.recoveries - u0.recoveries },
+    hubCommits: d("starling_store_commits_total"),
+    hubWrites: d("starling_store_writes_total"),
+    hubCpu: cpuHub,
+    loadCpu: (cl.user + cl.system) / 1e6,
+    seconds,
+  };
+}
+
+/** Payments started at `rate` per second (round robin over the payers), whatever is in flight. */
+async function openLoopRun(pairs: Pair[], rate: number, ms: number): Promise<{ latencies: number[]; failed: number; started: number }> {
+  const lat: number[] = [];
+  const pending: Promise<void>[] = [];
+  let failed = 0;
+  let next = 0;
+  const start = performance.now();
+  let issued = 0;
+  while (performance.now() - start < ms) {
+    const due = Math.floor(((performance.now() - start) / 1000) * rate);
+    for (; issued < due; issued++) {
+      const { payer, payee } = pairs[next++ % pairs.length]!;
+      const t = performance.now();
+      pending.push(
+        payer.pay(payee.address, 1n).then(
+          () => void lat.push(performance.now() - t),
+          () => void failed++,
+        ),
+      );
+    }
+    await sleep(2);
+  }
+  await Promise.all(pending);
+  return { latencies: lat, failed, started: issued };
+}
+
+/** Throughput, latency and crypto: the hub daemon and the load generator's users on `devnet`. */
+async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1Backend): Promise<void> {
+  let hub: HubProcess | undefined;
+  const users: BenchUser[] = [];
+  let userStore: LevelStore | undefined;
+  try {
+    const hubWallet = devnet.wallets[1]!;
+    const hubAddress = normalizeAddress(hubWallet.address);
+    await setCreditLimit(devnet, hubAddress);
+    const hubDir = join(work, "hub");
+    await initHub(hubDir, devnet.deployment, hubWallet.privateKey, devnet.anvil.url);
+    const hubLog: string[] = [];
+    hub = await startHub(hubDir, { ...(profileDir ? { cpuProfDir: resolve(profileDir) } : {}), log: hubLog });
+    log(`hub ${hub.address} up in ${hub.startMs.toFixed(0)} ms (pid ${hub.pid})`);
+
+    // ---- users and their channels
+    userStore = new LevelStore(join(work, "users-db"));
+    await userStore.open();
+    const counters: UserCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: 0, disconnects: 0 };
+    for (let i = 0; i < CFG.users; i++) users.push(new BenchUser(i, userStore, hubAddress as Address, backend, counters));
+    await pool(users, 64, (u) => u.start());
+    const tOpen = performance.now();
+    const openers = devnet.wallets.slice(2).map((w) => w.address);
+    await openChannels(devnet.provider, devnet.deployment, hubAddress as Address, users.map((u) => u.address), openers);
+    log(`${users.length} channels opened on chain in ${((performance.now() - tOpen) / 1000).toFixed(1)} s`);
+    const channels = await waitForHubChannels(hub.rpc, hubAddress as Address, users.map((u) => u.address), 600_000);
+    log(`hub adopted and credited them after ${((performance.now() - tOpen) / 1000).toFixed(1)} s`);
+    const domain = { chainId: BigInt(devnet.deployment.chainId), verifyingContract: normalizeAddress(devnet.deployment.channels) };
+    await pool(users, 64, (u) => {
+      const c = channels.get(u.address)!;
+      return u.adopt(c.channelId, c.funding, domain);
+    });
+    const tConn = performance.now();
+    await pool(users, 16, (u) => u.connect(hub!.multiaddr));
+    log(`${users.length} users connected to the hub over libp2p in ${((performance.now() - tConn) / 1000).toFixed(1)} s`);
+    // Each user ticks once a second, as its daemon would; spread over the second, not all at once.
+    const SLICES = 50;
+    let slice = 0;
+    const ticker = setInterval(() => {
+      for (let i = slice; i < users.length; i += SLICES) void users[i]!.tick().catch(() => undefined);
+      slice = (slice + 1) % SLICES;
+    }, 1000 / SLICES);
+
+    const half = Math.floor(users.length / 2);
+    const pairs: Pair[] = Array.from({ length: half }, (_, i) => ({ payer: users[i]!, payee: users[half + i]! }));
+    const tIssue = performance.now();
+    await pool(pairs, 32, async ({ payer }) => {
+      const arrived = payer.expectIssue();
+      await hub!.rpc.call("payment.issue", { paymentId: `0x${Buffer.from(keccak_256(new TextEncoder().encode(`issue-${payer.address}`))).toString("hex")}` as Hex, to: payer.address, amount: (10n ** 15n).toString() } as never);
+      await arrived;
+    });
+    log(`hub issued balance to ${pairs.length} payers in ${((performance.now() - tIssue) / 1000).toFixed(1)} s`);
+
+    // ---- latency, one at a time
+    const one = pairs[0]!;
+    await latencyRun(one, 30);
+    const lat = await latencyRun(one, CFG.latencySamples);
+    const latSorted = sortNum(lat);
+    figures.latencyP50Ms = round(percentile(latSorted, 50));
+    figures.latencyP99Ms = round(percentile(latSorted, 99));
+    const thirds = [0, 1, 2].map((k) => round(median(lat.slice((k * lat.length) / 3, ((k + 1) * lat.length) / 3))));
+    figures.latencyP50ByThirdMs = thirds;
+    log(`latency, one at a time (${lat.length}): p50 ${figures.latencyP50Ms} ms, p99 ${figures.latencyP99Ms} ms, p50 of each third ${thirds.join(" / ")}`);
+
+    // ---- throughput
+    log(`throughput: ${pairs.length} payers x ${CFG.window} in flight; ${CFG.warmupMs} ms warm-up, ${CFG.windows} windows of ${CFG.windowMs} ms`);
+    const tp = await throughputRun(pairs, CFG.window, hub, counters);
+    const rate = median(tp.rates);
+    figures.paymentsPerSecond = round(rate, 0);
+    figures.paymentsPerSecondWindows = tp.rates.map((r) => round(r, 0));
+    const tpLat = sortNum(tp.latencies);
+    const tpLatency = { p50: round(percentile(tpLat, 50)), p99: round(percentile(tpLat, 99)) };
+    figures.throughputLatencyMs = tpLatency;
+    figures.throughputFailed = tp.failed;
+    const perPayment = (n: number) => round(n / tp.completed, 3);
+    const sigs = {
+      hub: { sign: perPayment(tp.hubCrypto.signatures), recover: perPayment(tp.hubCrypto.recoveries) },
+      users: { sign: perPayment(tp.userCrypto.signatures), recover: perPayment(tp.userCrypto.recoveries) },
+    };
+    figures.signaturesPerPayment = sigs;
+    const cpu = { hubMs: round((tp.hubCpu / tp.completed) * 1000, 3), loadGeneratorMs: round((tp.loadCpu / tp.completed) * 1000, 3) };
+    const util = { hub: round(tp.hubCpu / tp.seconds), loadGenerator: round(tp.loadCpu / tp.seconds) };
+    figures.cpuMsPerPayment = cpu;
+    figures.cpuUtilisation = util;
+    figures.hubStoreCommitsPerWrite = round(tp.hubCommits / Math.max(1, tp.hubWrites), 1);
+    log(
+      `throughput: median ${figures.paymentsPerSecond}/s (windows ${tp.rates.map((r) => r.toFixed(0)).join(", ")}), ${tp.failed} failed; ` +
+        `latency under it p50 ${tpLatency.p50} ms p99 ${tpLatency.p99} ms; ` +
+        `CPU per payment hub ${cpu.hubMs} ms, load generator ${cpu.loadGeneratorMs} ms ` +
+        `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites}, completed ${tp.completed}; ` +
+        `so far: ${counters.disconnects} disconnects, ${counters.sendFailures} failed sends, ${counters.rejects} rejects`,
+    );
+
+    // ---- loaded latency at half the maximum
+    const halfRate = rate / 2;
+    const loaded = await openLoopRun(pairs, halfRate, CFG.loadedMs);
+    const loadedSorted = sortNum(loaded.latencies);
+    figures.loadedRate = round(halfRate, 0);
+    figures.loadedLatencyP50Ms = round(percentile(loadedSorted, 50));
+    figures.loadedLatencyP99Ms = round(percentile(loadedSorted, 99));
+    log(`at ${figures.loadedRate}/s (half the maximum): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}`);
+
+    // ---- crypto bound
+    const rates = signerRates(backend, QUICK ? 300 : 1000);
+    const hubCryptoSeconds = tp.hubCrypto.signatures / tp.completed / rates.sign + tp.hubCrypto.recoveries / tp.completed / rates.recover;
+    const allCryptoSeconds = hubCryptoSeconds + tp.userCrypto.signatures / tp.completed / rates.sign + tp.userCrypto.recoveries / tp.completed / rates.recover;
+    figures.signerRate = { backend: backend.name, signPerSecond: round(rates.sign, 0), recoverPerSecond: round(rates.recover, 0) };
+    figures.cryptoBoundPaymentsPerSecond = round(1 / hubCryptoSeconds, 0);
+    figures.cryptoBoundThisMachinePaymentsPerSecond = round(cpus().length / allCryptoSeconds, 0);
+    figures.achievedOverCryptoBound = round(rate / (1 / hubCryptoSeconds), 3);
+    log(
+      `crypto: ${backend.name} signs ${rates.sign.toFixed(0)}/s, recovers ${rates.recover.toFixed(0)}/s on one core; per payment the hub signs ${sigs.hub.sign} and checks ${sigs.hub.recover}, ` +
+        `the users ${sigs.users.sign} and ${sigs.users.recover}: hub bound ${figures.cryptoBoundPaymentsPerSecond}/s on one core, ` +
+        `whole system bound on ${cpus().length} cores ${figures.cryptoBoundThisMachinePaymentsPerSecond}/s`,
+    );
+    figures.userSendFailures = counters.sendFailures;
+    figures.userRefusedSteps = counters.refused;
+    figures.rejectsReceivedByUsers = counters.rejects;
+    figures.userDisconnects = counters.disconnects;
+    figures.hubChannelsInThroughputRun = users.length;
+    figures.hubRssAfterThroughputBytes = rssBytes(hub.pid);
+    clearInterval(ticker);
+    const notable = hubLog.filter((l) => !/MaxListenersExceededWarning|--trace-warnings/.test(l));
+    if (notable.length > 0) figures.hubLogSample = notable.slice(0, 5);
+  } finally {
+    await pool(users, 64, (u) => u.stop()).catch(() => undefined);
+    await userStore?.close().catch(() => undefined);
+    await hub?.stop();
+  }
+}
+
+/** Hub scale: synthetic channels in a hub's store; restart time, memory, bytes per channel. */
+async function scaleSection(devnet: Devnet, work: string, backend: Secp256k1Backend): Promise<void> {
+  const hubWallet = devnet.wallets[1]!;
+  const scaleDir = join(work, "hub-scale");
+  await initHub(scaleDir, devnet.deployment, hubWallet.privateKey, devnet.anvil.url);
+  const domain = { chainId: BigInt(devnet.deployment.chainId), verifyingContract: normalizeAddress(devnet.deployment.channels) };
+  log(`hub scale: writing ${CFG.scaleChannels} synthetic channel records (one real signed update each; ${CFG.scaleSample} get 100)`);
+  const built = await buildSyntheticHubStore({
+    dbDir: join(scaleDir, "db"),
+    hubKey: getBytes(hubWallet.privateKey),
+    domain,
+    channels: CFG.scaleChannels,
+    sample: CFG.scaleSample,
+    backend,
+    cursorBlock: await devnet.provider.getBlockNumber(),
+  });
+  log(`built in ${(built.buildMs / 1000).toFixed(1)} s; record ${built.recordBytes.toFixed(0)} B; sample after 1/10/100 updates: ${built.growth.map((g) => g.recordBytes.toFixed(0)).join(" / ")} B`);
+  const restarts: number[] = [];
+  let rss = NaN;
+  let idleCpu = NaN;
+  for (let k = 0; k < CFG.restarts; k++) {
+    const h = await startHub(scaleDir, profileDir ? { cpuProfDir: join(resolve(profileDir), "restart") } : {});
+    try {
+      restarts.push(h.startMs / 1000);
+      const info = (await h.rpc.call("node.info", {})) as { channels: number };
+      if (info.channels !== CFG.scaleChannels) throw new Error(`the hub loaded ${info.channels} channels, expected ${CFG.scaleChannels}`);
+      if (k === CFG.restarts - 1) {
+        await sleep(2000);
+        const c0 = cpuSeconds(h.pid);
+        await sleep(QUICK ? 2000 : 5000);
+        idleCpu = (cpuSeconds(h.pid) - c0) / (QUICK ? 2 : 5);
+        rss = rssBytes(h.pid);
+      }
+    } finally {
+      await h.stop();
+    }
+    log(`restart ${k + 1}: serving after ${restarts[k]!.toFixed(2)} s`);
+  }
+  const disk = dirBytes(join(scaleDir, "db"));
+  figures.hubChannels = CFG.scaleChannels;
+  figures.hubRssBytes = rss;
+  figures.hubIdleCpuCores = round(idleCpu, 3);
+  figures.restartSeconds = round(median(restarts), 2);
+  figures.restartSecondsRuns = restarts.map((r) => round(r, 2));
+  figures.storeBytesPerChannel = round(disk / CFG.scaleChannels, 0);
+  figures.storeRecordBytesPerChannel = round(built.recordBytes, 0);
+  figures.recordBytesByUpdates = Object.fromEntries(built.growth.map((g) => [String(g.updates), round(g.recordBytes, 0)]));
+  figures.hubChannelsSynthetic = true;
+  log(`hub scale: ${CFG.scaleChannels} channels, RSS ${(rss / 2 ** 20).toFixed(0)} MiB, idle CPU ${figures.hubIdleCpuCores} cores, restart median ${figures.restartSeconds} s, LevelDB ${figures.storeBytesPerChannel} B/channel on disk`);
+}
+
+// ------------------------------------------------------------------ main
+
+async function main(): Promise<void> {
+  const backend = await loadBackend("auto");
+  const root = resolve(".data", "bench");
+  mkdirSync(root, { recursive: true });
+  const work = mkdtempSync(join(root, "run-"));
+  const keep = flag("--keep");
+  log(`${QUICK ? "quick" : "full"} run; data in ${work}; signer backend ${backend.name}; ${cpus().length} cpus (${cpus()[0]?.model ?? "?"}); load ${loadavg().map((l) => l.toFixed(2)).join(" ")}`);
+  figures.machine = { cpus: cpus().length, model: cpus()[0]?.model ?? "unknown", node: process.version, loadAverageAtStart: loadavg().map((l) => round(l)) };
+  figures.config = { ...CFG, quick: QUICK, signer: backend.name };
+
+  const devnet = await startDevnet({ mode: "issuer", accounts: 10 });
+  try {
+    if (!flag("--skip-payments")) await paymentsSection(devnet, work, backend);
+    if (!flag("--skip-scale")) await scaleSection(devnet, work, backend);
+  } finally {
+    await devnet.stop();
+  }
+
+  // ---- gas
+  if (!flag("--skip-gas")) {
+    const rows = await measureGas("collateral");
+    figures.gas = rows.map((r) => ({ call: r.call, gas: r.gas, raidenGas: r.raidenGas, ratio: r.raidenGas ? round(r.gas / r.raidenGas) : null }));
+    log(`gas: ${rows.map((r) => `${r.call} ${r.gas}${r.raidenGas ? ` (${(r.gas / r.raidenGas).toFixed(2)})` : ""}`).join(", ")}`);
+  }
+  figures.totalSeconds = round((performance.now() - T0) / 1000, 1);
+  figures.loadAverageAtEnd = loadavg().map((l) => round(l));
+  if (!keep) rmSync(work, { recursive: true, force: true });
+  report();
+}
+
+function report(): void {
+  const f = figures;
+  const json = (v: unknown) => JSON.stringify(v, (_k, x: unknown) => (typeof x === "bigint" ? x.toString() : x));
+  if (JSON_OUT) {
+    console.log(json(f));
+    return;
+  }
+  const mib = (b: unknown) => (typeof b === "number" ? `${(b / 2 ** 20).toFixed(0)} MiB` : "-");
+  const rows: [string, string, string, boolean | null][] = [
+    ["throughput (payments/s)", String(f.paymentsPerSecond ?? "-"), ">= 2,000", typeof f.paymentsPerSecond === "number" ? f.paymentsPerSecond >= 2000 : null],
+    ["latency p50, one at a time (ms)", String(f.latencyP50Ms ?? "-"), "<= 5", typeof f.latencyP50Ms === "number" ? f.latencyP50Ms <= 5 : null],
+    ["latency p99, one at a time (ms)", String(f.latencyP99Ms ?? "-"), "<= 20", typeof f.latencyP99Ms === "number" ? f.latencyP99Ms <= 20 : null],
+    [`latency p99 at half max, ${f.loadedRate ?? "-"}/s (ms)`, String(f.loadedLatencyP99Ms ?? "-"), "<= 50", typeof f.loadedLatencyP99Ms === "number" ? f.loadedLatencyP99Ms <= 50 : null],
+    [`hub RSS, ${f.hubChannels ?? "-"} channels`, mib(f.hubRssBytes), "<= 1 GiB", typeof f.hubRssBytes === "number" ? f.hubRssBytes <= 2 ** 30 : null],
+    ["hub restart to serving (s)", String(f.restartSeconds ?? "-"), "<= 10", typeof f.restartSeconds === "number" ? f.restartSeconds <= 10 : null],
+    ["LevelDB bytes per channel", String(f.storeBytesPerChannel ?? "-"), "O(1)", null],
+    ["crypto bound, hub on one core (payments/s)", String(f.cryptoBoundPaymentsPerSecond ?? "-"), "-", null],
+  ];
+  console.log("");
+  console.log(`${"figure".padEnd(46)}${"value".padStart(12)}  ${"target".padEnd(10)} met`);
+  for (const [name, value, target, met] of rows) console.log(`${name.padEnd(46)}${value.padStart(12)}  ${target.padEnd(10)} ${met === null ? "" : met ? "yes" : "NO"}`);
+  console.log("");
+  console.log(json(f));
+}
+
+await main();

@@ -1,0 +1,255 @@
+/**
+ * The load generator's users: many user identities in one process, each speaking the real
+ * protocol to the hub. Per user: its own key (real signatures), its own libp2p transport (a real
+ * connection to the hub: noise, yamux, signed hello), a NodeCore with its channel, and the same
+ * persist-then-send step sequence as the daemon (src/node/steps.ts). All users share one LevelDB
+ * store, each under its own keys, so their commits are grouped into shared writes.
+ *
+ * What a user daemon does and these users do not: poll the chain, serve JSON-RPC, keep metrics.
+ */
+import { keccak_256 } from "@noble/hashes/sha3.js";
+import { randomBytes } from "node:crypto";
+import { Interface, type JsonRpcProvider } from "ethers";
+import { artifact } from "../../src/chain/artifacts.js";
+import type { Deployment } from "../../src/chain/deploy.js";
+import { NodeCore, type Envelope, type StepResult } from "../../src/engine/node-core.js";
+import { StepRunner } from "../../src/node/steps.js";
+import { createTransport, type P2PTransport } from "../../src/p2p/index.js";
+import { newChannel, type ChannelData, type Funding } from "../../src/protocol/channel.js";
+import { normalizeAddress, orderParticipants } from "../../src/protocol/eip712.js";
+import type { IncomingPayment, OutgoingPayment } from "../../src/protocol/transfer.js";
+import type { Address, Hex } from "../../src/protocol/types.js";
+import { countingSigner, countingVerifier, type CryptoCounts, type Secp256k1Backend } from "../../src/signer/index.js";
+import type { Store } from "../../src/store/index.js";
+import type { HubRpc } from "./hub.js";
+
+const utf8 = new TextEncoder();
+const seed = (label: string): Uint8Array => keccak_256(utf8.encode(label));
+const unixNow = (): bigint => BigInt(Math.floor(Date.now() / 1000));
+const newId = (): Hex => `0x${randomBytes(32).toString("hex")}`;
+
+interface Waiter {
+  resolve(p: OutgoingPayment): void;
+  reject(err: Error): void;
+}
+
+export interface UserCounters {
+  crypto: CryptoCounts;
+  /** Messages whose send failed (they stay in the outbox; nothing re-sends them here). */
+  sendFailures: number;
+  /** Steps the engine refused (a peer's message it did not accept). */
+  refused: number;
+  /** Reject messages received from the hub: a proposal refused, mostly because both sides proposed at once. */
+  rejects: number;
+  /** Times a user lost its connection to the hub. */
+  disconnects: number;
+}
+
+export class BenchUser {
+  readonly address: Address;
+  readonly core: NodeCore;
+  readonly transport: P2PTransport;
+  readonly #runner: StepRunner;
+  readonly #store: Store;
+  readonly #hub: Address;
+  readonly #counters: UserCounters;
+  readonly #waiters = new Map<string, Waiter>();
+  #issued: { resolve(): void; promise: Promise<void> } | null = null;
+  received = 0;
+  channelId: Hex | null = null;
+
+  constructor(index: number, store: Store, hub: Address, backend: Secp256k1Backend, counters: UserCounters) {
+    const signer = countingSigner(backend.createSigner(seed(`starling-bench-user-${index}`)), counters.crypto);
+    const verifier = countingVerifier(backend.verifier, counters.crypto);
+    this.address = normalizeAddress(signer.address);
+    this.#store = store;
+    this.#hub = hub;
+    this.#counters = counters;
+    this.core = new NodeCore({ signer, verifier, clock: unixNow });
+    const prefix = `u!${this.address}!`;
+    this.#runner = new StepRunner({
+      core: this.core,
+      store,
+      keys: {
+        transfers: `${prefix}t!`,
+        outboxPeer: (to) => `${this.address}>${to}`,
+        payment: (p) => `${prefix}${p.direction}:${p.paymentId}:${p.channelId}:${p.secretHash ?? "issue"}`,
+      },
+      dispatch: (r, seqs) => this.#dispatch(r, seqs),
+    });
+    this.transport = createTransport({
+      signer,
+      verifier,
+      privateKey: seed(`starling-bench-peer-${index}`),
+      listen: [],
+      sendTimeoutMs: 120_000,
+      // As a user daemon does (src/node/node.ts).
+      limits: { pingIntervalMs: 60_000 },
+      pipelineHandler: true,
+    });
+  }
+
+  async start(): Promise<void> {
+    this.transport.onPeer((_peer, event) => {
+      if (event === "disconnected") this.#counters.disconnects++;
+    });
+    this.transport.onMessage(async (from, message) => {
+      if (typeof message !== "object" || message === null || !("kind" in message)) return;
+      const envelope = message as Envelope;
+      if (envelope.kind === "channel" && envelope.message.type === "Reject") this.#counters.rejects++;
+      const r = await this.#runner.step({ type: "deliver", from, envelope: message as Envelope });
+      if (!r.ok) this.#counters.refused++;
+    });
+    await this.transport.start();
+  }
+
+  /** Connects to the hub; if the first dial fails, waits for the transport's redials (up to `timeoutMs`). */
+  async connect(hubMultiaddr: string, timeoutMs = 120_000): Promise<void> {
+    try {
+      await this.transport.connect(this.#hub, [hubMultiaddr]);
+      return;
+    } catch (err) {
+      const deadline = Date.now() + timeoutMs;
+      while (!this.transport.isConnected(this.#hub)) {
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  /** Adopts the channel with the hub (as the daemon does when it sees it opened on chain). */
+  async adopt(channelId: Hex, funding: Funding, domain: ChannelData["config"]["domain"]): Promise<void> {
+    const [p1, p2] = orderParticipants(this.address, this.#hub);
+    const c = newChannel({ channelId, domain, participant1: p1, participant2: p2, me: p1 === this.address ? 1 : 2 }, funding);
+    this.core.addChannel(c);
+    this.channelId = c.config.channelId;
+    await this.#store.commit({ channels: [{ channelId: c.config.channelId, record: c }] });
+  }
+
+  /** Resolves when the hub's issuance to this user has arrived. */
+  expectIssue(): Promise<void> {
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.#issued = { resolve, promise };
+    return promise;
+  }
+
+  /** Pays `target` through the hub; resolves once the payment is completed and that is durable here. */
+  async pay(target: Address, amount: bigint): Promise<OutgoingPayment> {
+    const paymentId = newId();
+    const done = new Promise<OutgoingPayment>((resolve, reject) => this.#waiters.set(paymentId, { resolve, reject }));
+    const r = await this.#runner.step({ type: "pay", paymentId, target, amount, secret: newId() });
+    if (!r.ok) {
+      this.#waiters.delete(paymentId);
+      throw new Error(`pay refused: ${r.error?.code}: ${r.error?.message}`);
+    }
+    return done;
+  }
+
+  tick(): Promise<StepResult> {
+    return this.#runner.step({ type: "tick" });
+  }
+
+  stop(): Promise<void> {
+    return this.transport.stop();
+  }
+
+  #dispatch(r: StepResult, seqs: readonly bigint[]): void {
+    r.send.forEach((o, i) => {
+      const seq = seqs[i]!;
+      const peer = `${this.address}>${o.to}`;
+      this.transport.send(o.to, o.envelope).then(
+        () => this.#store.commit({ outboxAck: [{ peer, seq }] }),
+        () => {
+          this.#counters.sendFailures++;
+        },
+      );
+    });
+    for (const e of r.events) {
+      if (e.type === "paymentSent" || (e.type === "paymentFailed" && e.payment.direction === "out")) {
+        const w = this.#waiters.get(e.payment.paymentId);
+        if (!w) continue;
+        this.#waiters.delete(e.payment.paymentId);
+        if (e.type === "paymentSent") w.resolve(e.payment);
+        else w.reject(new Error(`payment failed: ${e.payment.reason ?? ""}`));
+      } else if (e.type === "paymentReceived") {
+        const p: IncomingPayment = e.payment;
+        if (p.kind === "issue") this.#issued?.resolve();
+        else this.received++;
+      }
+    }
+  }
+}
+
+/** Runs `work` over `items` with at most `limit` at a time. */
+export async function pool<T>(items: readonly T[], limit: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        await work(items[i]!, i);
+      }
+    }),
+  );
+}
+
+/**
+ * Opens a channel between the hub and every user on chain. anvil's dev accounts are unlocked, so
+ * they send (and pay for) the `open` calls; the hub adopts each channel from the chain's event
+ * and grants its credit line itself, as it does for any user.
+ */
+export async function openChannels(provider: JsonRpcProvider, deployment: Deployment, hub: Address, users: readonly Address[], openers: readonly string[]): Promise<void> {
+  const iface = new Interface(artifact("StarlingChannels").abi as ConstructorParameters<typeof Interface>[0]);
+  const per = openers.map((_, i) => users.filter((_u, j) => j % openers.length === i));
+  const last: string[] = [];
+  await Promise.all(
+    openers.map(async (from, i) => {
+      for (const user of per[i]!) {
+        const data = iface.encodeFunctionData("open", [hub, user]);
+        const hash = (await provider.send("eth_sendTransaction", [{ from, to: deployment.channels, data, gas: "0x30000" }])) as string;
+        last[i] = hash;
+      }
+    }),
+  );
+  for (const hash of last) if (hash) await provider.waitForTransaction(hash);
+}
+
+export interface HubChannel {
+  channelId: Hex;
+  partner: Address;
+  funding: Funding;
+}
+
+/** Waits until the hub reports a credited channel with each of `users`; returns them by user. */
+export async function waitForHubChannels(rpc: HubRpc, hub: Address, users: readonly Address[], timeoutMs: number): Promise<Map<Address, HubChannel>> {
+  const want = new Set(users);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const list = await rpc.call("channel.list", {});
+    const ready = new Map<Address, HubChannel>();
+    for (const c of list) {
+      const partner = normalizeAddress(c.partner);
+      if (!want.has(partner) || c.status !== "open" || c.creditSide !== "me" || BigInt(c.credit) === 0n) continue;
+      const [p1] = orderParticipants(hub, partner);
+      const hubSide = p1 === hub ? 1 : 2;
+      const hubDeposit = BigInt(c.deposit);
+      const userDeposit = BigInt(c.partnerDeposit);
+      ready.set(partner, {
+        channelId: c.channelId as Hex,
+        partner,
+        funding: {
+          deposit1: hubSide === 1 ? hubDeposit : userDeposit,
+          deposit2: hubSide === 1 ? userDeposit : hubDeposit,
+          withdrawn1: 0n,
+          withdrawn2: 0n,
+          credit: BigInt(c.credit),
+          creditSide: hubSide,
+        },
+      });
+    }
+    if (ready.size === want.size) return ready;
+    if (Date.now() > deadline) throw new Error(`only ${ready.size} of ${want.size} channels credited by the hub after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
