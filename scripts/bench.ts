@@ -20,7 +20,8 @@
  *                LevelDB bytes per channel, record bytes as a channel's updates grow.
  *   gas          scripts/gas.ts, against Raiden's published figures.
  */
-import { cpus, loadavg, tmpdir } from "node:os";
+import { cpus, loadavg } from "node:os";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { keccak_256 } from "@noble/hashes/sha3.js";
@@ -343,12 +344,24 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
 
     // ---- loaded latency at half the maximum
     const halfRate = rate / 2;
+    await hubMetrics(hub.metricsPort); // resets the hub's event-loop delay histogram
+    const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay.enable();
     const loaded = await openLoopRun(pairs, halfRate, CFG.loadedMs);
+    loopDelay.disable();
+    const hubLag = await hubMetrics(hub.metricsPort);
+    figures.loadedEventLoopDelayP99Ms = {
+      hub: round((hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000),
+      loadGenerator: round(loopDelay.percentile(99) / 1e6),
+    };
     const loadedSorted = sortNum(loaded.latencies);
     figures.loadedRate = round(halfRate, 0);
     figures.loadedLatencyP50Ms = round(percentile(loadedSorted, 50));
     figures.loadedLatencyP99Ms = round(percentile(loadedSorted, 99));
-    log(`at ${figures.loadedRate}/s (half the maximum): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}`);
+    log(
+      `at ${figures.loadedRate}/s (half the maximum): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}; ` +
+        `event-loop delay p99: hub ${(hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000} ms, load generator ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms`,
+    );
 
     // ---- crypto bound
     const rates = signerRates(backend, QUICK ? 300 : 1000);

@@ -569,6 +569,8 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
       // Walt's request stood too: it executes once the hub has signed it; a new one works after it.
       await waitFor(async () => (await c().tokenBalance(walt.address)) === 10n * T, "walt's first withdrawal executes", 30_000);
       await waitFor(async () => (await walt.channelWith(hub))?.withdrawn === s(10n * T), "walt's node sees it on chain");
+      // The hub counts the first withdrawal as pending until its own chain scan sees it executed.
+      await waitFor(async () => (await hub.channelWith(walt))?.partnerWithdrawn === s(10n * T), "the hub sees it on chain");
       const second = await walt.rpc.call("channel.withdraw", { amount: s(5n * T), timeoutMs: 20_000 });
       expect(second.totalWithdraw).to.equal(s(15n * T));
       expect(await c().tokenBalance(walt.address)).to.equal(15n * T);
