@@ -2,10 +2,10 @@
  * Starling's performance figures against their targets, everything on this machine: the embedded
  * chain, a real hub daemon in its own process, and a load generator playing the users.
  *
- *   npm run bench                  full run (1,000 channels; 100,000-channel hub scale test), < 10 min
- *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), < 60 s
+ *   npm run bench                  full run (1,000 channels; 100,000-channel hub scale test), 4-6 min here
+ *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), ~45 s here plus the build
  *   npm run bench -- --json        one JSON object on stdout (progress goes to stderr)
- *   options: --users N  --window N (payments in flight per payer)  --scale N (channels)
+ *   options: --users N  --window N (payments in flight per payer, default 1)  --scale N (channels)
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
  *            --skip-payments  --skip-scale  --skip-gas
  *

@@ -137,7 +137,7 @@ export async function hubMetrics(port: number): Promise<Record<string, number>> 
   const text = await res.text();
   const out: Record<string, number> = {};
   for (const line of text.split("\n")) {
-    const m = /^([a-z_]+)\s+([0-9.e+-]+)$/.exec(line);
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)\s+([0-9.e+-]+)$/.exec(line);
     if (m?.[1] && m[2]) out[m[1]] = Number(m[2]);
   }
   return out;
