@@ -13,7 +13,6 @@ import { expect } from "chai";
 import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { isDeepStrictEqual } from "node:util";
 import { Contract, keccak256, type EventLog, type Log } from "ethers";
 import {
   Cluster,
@@ -27,7 +26,7 @@ import {
 } from "../src/devkit/cluster.js";
 import { artifact } from "../src/chain/artifacts.js";
 import { DEFAULT_TRANSFER_POLICY } from "../src/protocol/transfer.js";
-import { RpcClientError } from "../src/rpc/index.js";
+import { eventually, rpcError } from "./helpers/daemon-asserts.js";
 
 const T = 10n ** 18n;
 const HUB_DEPOSIT = 1_000n * T; // hub.depositPerChannel of both hubs
@@ -40,29 +39,6 @@ const REVEAL_TIMEOUT = Number(DEFAULT_TRANSFER_POLICY.revealTimeout);
 const s = (v: bigint) => v.toString();
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function rpcError(p: Promise<unknown>): Promise<RpcClientError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof RpcClientError) return err;
-    throw err;
-  }
-  throw new Error("expected the call to fail");
-}
-
-/** Waits until `read()` gives `expected`, then asserts it (a diff on timeout). */
-async function eventually<V>(read: () => Promise<V>, expected: V, what: string, timeoutMs = 20_000): Promise<void> {
-  let last: V | undefined;
-  await waitFor(
-    async () => {
-      last = await read();
-      return isDeepStrictEqual(last, expected);
-    },
-    what,
-    timeoutMs,
-  ).catch(() => undefined);
-  expect(last, what).to.deep.equal(expected);
-}
 
 /** A field the typed wire form leaves out (the node sends the whole record). */
 function extra(record: unknown, key: string): string {

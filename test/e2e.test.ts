@@ -5,7 +5,6 @@
  * so a failure points at one step. Needs dist/ built (`npx tsc -p .`).
  */
 import { expect } from "chai";
-import { isDeepStrictEqual } from "node:util";
 import { WebSocket } from "ws";
 import {
   Cluster,
@@ -17,8 +16,9 @@ import {
   type NodeClient,
   type PaymentWire,
 } from "../src/devkit/cluster.js";
-import { RpcClient, RpcClientError } from "../src/rpc/index.js";
+import { RpcClient } from "../src/rpc/index.js";
 import type { NodeEventMap, NodeMethods } from "../src/node/api.js";
+import { eventually, rpcError } from "./helpers/daemon-asserts.js";
 
 const T = 10n ** 18n; // one token in base units
 const HUB_FUNDS = 10_000n * T;
@@ -29,32 +29,6 @@ const CHALLENGE_PERIOD = 5;
 const s = (v: bigint) => v.toString();
 
 /** The JSON-RPC error a call failed with. */
-async function rpcError(p: Promise<unknown>): Promise<RpcClientError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof RpcClientError) return err;
-    throw err;
-  }
-  throw new Error("expected the call to fail");
-}
-
-/**
- * Waits until `read()` gives `expected`, then asserts it (a diff on timeout). Each node learns of a
- * finished payment or an on-chain change on its own schedule, so the last hop may lag the payer.
- */
-async function eventually<V>(read: () => Promise<V>, expected: V, what: string, timeoutMs = 15_000): Promise<void> {
-  let last: V | undefined;
-  await waitFor(
-    async () => {
-      last = await read();
-      return isDeepStrictEqual(last, expected);
-    },
-    what,
-    timeoutMs,
-  ).catch(() => undefined);
-  expect(last, what).to.deep.equal(expected);
-}
 
 interface RawReply {
   result?: unknown;
