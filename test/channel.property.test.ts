@@ -18,6 +18,7 @@ import {
   nextNonce,
   other,
   share,
+  transition,
   type ChannelData,
   type ChannelErrorCode,
   type ChannelMessage,
@@ -200,6 +201,8 @@ interface Stats {
   rejectsApplied: number;
   /** A proposal at a nonce already burnt, answered with its Reject again. */
   answeredAgain: number;
+  /** Proposals that arrived riding on a Countersign. */
+  joined: number;
   /** A waiting proposal dropped because the partner proposed above its nonce. */
   droppedBelow: number;
   /** Operations proposed again after a conflict. */
@@ -242,8 +245,10 @@ class Run {
   constructor(
     readonly pair: Pair,
     readonly stats: Stats,
+    join: boolean,
   ) {
     this.sim = new TwoParty(pair, T0);
+    this.sim.joinProposals = join;
     this.chain = { ...pair.funding };
     this.sim.onDelivery = (d) => this.afterDelivery(d);
   }
@@ -266,6 +271,14 @@ class Run {
       );
       this.checkAnswer(to, m, before, result);
     }
+    if (m.type === "Countersign" && m.next !== undefined && result.refused === undefined) {
+      // The proposal riding on it is answered as a Propose would be, on the state the
+      // countersignature completed (or, delivered twice, on the channel as it was).
+      const { next, ...countersign } = m;
+      const mid = transition(before, { type: "receive", message: countersign }, this.pair.deps(to, this.sim.now));
+      this.stats.joined++;
+      this.checkAnswer(to, { type: "Propose", channelId: m.channelId, ...next }, mid.ok ? mid.channel : before, result, mid.ok ? 1 : 0);
+    }
     if (m.type === "Reject") {
       // It drops the proposal it names, and nothing else changes.
       this.stats.rejectsApplied++;
@@ -286,9 +299,16 @@ class Run {
   }
 
   /** How a node answered a proposal it took: countersigned, refused, or refused again. */
-  private checkAnswer(to: Side, m: Extract<ChannelMessage, { type: "Propose" }>, before: ChannelData, result: Extract<Transition, { ok: true }>): void {
+  private checkAnswer(
+    to: Side,
+    m: Extract<ChannelMessage, { type: "Propose" }>,
+    before: ChannelData,
+    result: Extract<Transition, { ok: true }>,
+    completed = 0,
+  ): void {
     const sends = result.effects.flatMap((e) => (e.type === "send" ? [e.message] : []));
     expect(sends).to.have.length(1);
+    expect(result.effects.filter((e) => e.type === "updated").length - completed).to.be.oneOf([0, 1]);
     const answer = sends[0]!;
     const nonce = m.state.nonce;
     const dropped = result.effects.filter((e) => e.type === "proposalRejected");
@@ -297,6 +317,13 @@ class Run {
       // Only a proposal above this node's own, which the partner can then never sign.
       expect(before.inflight !== null && before.inflight.next.state.nonce < nonce).to.equal(true);
       this.stats.droppedBelow++;
+    }
+    if (answer.type === "Countersign" && result.channel === before) {
+      // A proposal of the state this node countersigned already: its Countersign was lost.
+      expect(answer.nonce).to.equal(nonce);
+      expect(hashState(before.latest.state)).to.equal(hashState(m.state));
+      this.stats.answeredAgain++;
+      return;
     }
     if (answer.type === "Countersign") {
       expect(answer.nonce).to.equal(nonce);
@@ -845,6 +872,7 @@ describe("channel state machine properties", function () {
       refusals: 0,
       rejectsApplied: 0,
       answeredAgain: 0,
+      joined: 0,
       droppedBelow: 0,
       retried: 0,
       lost: 0,
@@ -861,8 +889,8 @@ describe("channel state machine properties", function () {
       codes: {},
     };
     fc.assert(
-      fc.property(fc.array(command, { minLength: 1, maxLength: 60, size: "max" }), fc.constantFrom("1", "2", "both"), (cmds, closer) => {
-        const run = new Run(pair, stats);
+      fc.property(fc.array(command, { minLength: 1, maxLength: 60, size: "max" }), fc.constantFrom("1", "2", "both"), fc.boolean(), (cmds, closer, join) => {
+        const run = new Run(pair, stats, join);
         try {
           for (const cmd of cmds) {
             run.exec(cmd);
@@ -892,6 +920,7 @@ describe("channel state machine properties", function () {
       expect(stats.forgedRejected).to.be.greaterThan(NUM_RUNS / 2);
       expect(stats.restarts).to.be.greaterThan(0);
       expect(stats.closes).to.be.greaterThan(0);
+      expect(stats.joined).to.be.greaterThan(0);
     }
     // Rarer paths: a lost Reject, a proposal answered again or overtaken, a close mid-run.
     if (NUM_RUNS >= 300) {

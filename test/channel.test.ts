@@ -293,6 +293,71 @@ describe("channel state machine", function () {
       expect(balances(r[1]).mine).to.equal(930n);
     });
 
+    describe("a countersignature carrying the next proposal", function () {
+      /** Side 1 proposes pay(100); side 2 countersigns it and proposes `ops` in the same message. */
+      function joined(ops: Op[] = [pay(30n, 2)], overdrawn = false) {
+        const ch = fresh();
+        const p = ok(ch[1], { type: "propose", ops: [pay(100n)] });
+        const q = ok(ch[2], receive(messageOf(p.effects, "Propose")));
+        const q2 = ok(q.channel, { type: "propose", ops: [pay(30n, 2)] });
+        // An overdrawn proposal is one side 2 would never make, signed with its key all the same.
+        const { state, signature } = overdrawn
+          ? forgedPropose(2, nextState(q.channel.latest.state, { sent2: 5_000n }), ops)
+          : messageOf(q2.effects, "Propose");
+        const message: ChannelMessage = { ...messageOf(q.effects, "Countersign"), next: { state, ops, signature } };
+        return { p, q2, message };
+      }
+
+      it("completes one update and answers the next in one step", function () {
+        const { p, q2, message } = joined();
+        const r = ok(p.channel, receive(message));
+        expect(r.effects.filter((e) => e.type === "updated")).to.deep.equal([
+          { type: "updated", nonce: 1n, proposer: 1, ops: [pay(100n)] },
+          { type: "updated", nonce: 2n, proposer: 2, ops: [pay(30n, 2)] },
+        ]);
+        const countersign = messageOf(r.effects, "Countersign");
+        expect(countersign.nonce).to.equal(2n);
+        const done = ok(q2.channel, receive(countersign));
+        expectAgreed({ 1: r.channel, 2: done.channel }, 2n);
+        expect(balances(r.channel)).to.deep.include({ mine: 930n, partner: 1070n });
+        // Delivered twice: the countersignature part is stale, the proposal is answered again.
+        const again = ok(r.channel, receive(message));
+        expect(again.channel).to.equal(r.channel);
+        expect(again.effects).to.deep.equal([{ type: "send", message: countersign }]);
+      });
+
+      it("a refused next proposal is answered with a Reject; the countersignature still counts", function () {
+        const { p, message } = joined([pay(5_000n, 2)], true);
+        const r = ok(p.channel, receive(message));
+        expect(r.channel.latest.state.nonce).to.equal(1n);
+        expect(r.channel.inflight).to.equal(null);
+        expect(r.channel.burnt).to.equal(2n);
+        const reject = messageOf(r.effects, "Reject");
+        expect(reject).to.deep.include({ nonce: 2n, code: "INSUFFICIENT_BALANCE" });
+      });
+
+      it("a forged or malformed next proposal is reported; the countersignature still counts", function () {
+        const { p, message } = joined();
+        if (message.type !== "Countersign" || !message.next) throw new Error("unreachable");
+        const forged = { ...message, next: { ...message.next, signature: { ...message.next.signature, signature: randomSignature(7) } } };
+        for (const m of [forged, { ...message, next: null as unknown as undefined }, { ...message, next: { state: 5 } as never }]) {
+          const r = run(p.channel, receive(m), T0);
+          if (!r.ok) return expect.fail(`refused whole: ${r.error.code}`);
+          expect(r.channel.latest.state.nonce).to.equal(1n);
+          expect(r.channel.inflight).to.equal(null);
+          expect(r.effects).to.deep.equal([{ type: "updated", nonce: 1n, proposer: 1, ops: [pay(100n)] }]);
+          expect(r.refused?.code).to.be.oneOf(["BAD_SIGNATURE", "STATE_MISMATCH", "BAD_NONCE"]);
+        }
+      });
+
+      it("a bad countersignature refuses the whole message", function () {
+        const { p, message } = joined();
+        if (message.type !== "Countersign") throw new Error("unreachable");
+        const bad = { ...message, signature: { ...message.signature, signature: randomSignature(9) } };
+        rejected(p.channel, receive(bad), "BAD_SIGNATURE");
+      });
+    });
+
     it("lock: the amount leaves the sender's share and enters the locks root", function () {
       const r = update(fresh(), 1, [lock(200n, 1)]);
       expectAgreed(r, 1n);
@@ -400,7 +465,10 @@ describe("channel state machine", function () {
       const q = ok(base[2], receive(propose));
       const countersign = messageOf(q.effects, "Countersign");
       const done = ok(p.channel, receive(countersign));
-      rejected(q.channel, receive(propose), "BAD_NONCE");
+      // The proposal again: its Countersign was lost, so the same Countersign goes out again.
+      const repeat = ok(q.channel, receive(propose));
+      expect(repeat.channel).to.equal(q.channel);
+      expect(repeat.effects).to.deep.equal([{ type: "send", message: countersign }]);
       rejected(done.channel, receive(countersign), "UNEXPECTED_MESSAGE");
       // An old proposal of this channel, replayed much later.
       rejected(done.channel, receive({ ...propose, state: base[1].latest.state }), "BAD_NONCE");

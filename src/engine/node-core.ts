@@ -21,7 +21,6 @@
  */
 import {
   DEFAULT_POLICY,
-  sameState,
   transition,
   type ChannelData,
   type ChannelError,
@@ -390,6 +389,7 @@ export class NodeCore {
     const id = lower(c.config.channelId);
     const r = transition(c, input, this.#deps(step.now));
     if (!r.ok) return r.error;
+    if (r.refused) step.rejected.push({ during: "channel proposal after a countersignature", error: r.refused });
     if (r.channel !== c) {
       if (!step.before.has(id)) step.before.set(id, c);
       this.#channels.set(id, r.channel);
@@ -401,8 +401,11 @@ export class NodeCore {
     for (const e of r.effects) {
       switch (e.type) {
         case "send":
+          if (e.message.type === "Propose") {
+            this.#proposedAt.set(id, step.now);
+            if (joinCountersign(step.send, e.message)) break;
+          }
           step.send.push({ to: partner, envelope: { kind: "channel", message: e.message } });
-          if (e.message.type === "Propose") this.#proposedAt.set(id, step.now);
           break;
         case "withdrawReady":
           step.events.push({ type: "withdrawReady", channelId: id, withdraw: e.withdraw });
@@ -494,7 +497,6 @@ export class NodeCore {
       if (!c) return engineError("UNKNOWN_CHANNEL", `no channel ${m.channelId}`);
       // A peer speaks only for channels it is part of.
       if (normalizeAddress(partnerOf(c)) !== from) return engineError("NOT_PARTNER", `${from} is not the partner in ${id}`);
-      if (this.#answerRepeat(step, c, m)) return null;
       return this.#applyChannel(step, c, { type: "receive", message: m });
     }
     let to: Address;
@@ -514,21 +516,6 @@ export class NodeCore {
     this.#transfer(step, { type: "receive", from, to, message: envelope.message });
     step.send.push({ to: hop, envelope: { ...envelope, to, ttl: envelope.ttl - 1 } });
     return null;
-  }
-
-  /**
-   * A repeated Propose for the state this node already countersigned means the Countersign was
-   * lost: send it again instead of refusing a stale nonce.
-   */
-  #answerRepeat(step: Step, c: ChannelData, m: ChannelMessage): boolean {
-    if (m.type !== "Propose") return false;
-    const latest = c.latest;
-    if (m.state.nonce !== latest.state.nonce || !sameState(m.state, latest.state)) return false;
-    const mine = c.config.me === 1 ? latest.sig1 : latest.sig2;
-    if (!mine || mine.revokedBelow < latest.state.nonce) return false;
-    const message: ChannelMessage = { type: "Countersign", channelId: c.config.channelId, nonce: latest.state.nonce, signature: mine };
-    step.send.push({ to: partnerOf(c), envelope: { kind: "channel", message } });
-    return true;
   }
 
   // ---------------------------------------------------------------- time
@@ -604,4 +591,22 @@ export class NodeCore {
     const c = id === undefined ? undefined : this.#channels.get(id);
     return c ? normalizeAddress(partnerOf(c)) : null;
   }
+}
+
+/**
+ * A proposal made in the step that countersigned the partner's previous one rides on that
+ * Countersign (its `next`), so the partner learns of both at once and cannot propose the same
+ * nonce meanwhile. Returns whether it did.
+ */
+function joinCountersign(send: Outbound[], propose: Extract<ChannelMessage, { type: "Propose" }>): boolean {
+  for (let i = send.length - 1; i >= 0; i--) {
+    const out = send[i];
+    if (out === undefined || out.envelope.kind !== "channel" || out.envelope.message.channelId !== propose.channelId) continue;
+    const m = out.envelope.message;
+    if (m.type !== "Countersign" || m.next !== undefined || m.nonce + 1n !== propose.state.nonce) return false;
+    const { state, ops, signature } = propose;
+    send[i] = { ...out, envelope: { kind: "channel", message: { ...m, next: { state, ops, signature } } } };
+    return true;
+  }
+  return false;
 }

@@ -172,7 +172,14 @@ function claimedOnChain(c: ChannelData, lock: Lock, deps: Deps): boolean {
 
 export type ChannelMessage =
   | { type: "Propose"; channelId: Hex; state: ChannelState; ops: Op[]; signature: StateSignature }
-  | { type: "Countersign"; channelId: Hex; nonce: bigint; signature: StateSignature }
+  /**
+   * Agrees to the partner's proposal `nonce`. `next` is this node's own proposal of the state
+   * after it, sent in the same message: a busy channel alternates between the two sides this way
+   * (each message countersigns one update and proposes the next), and because the partner learns
+   * of the next proposal in the same step as the countersignature, it never proposes the same
+   * nonce at the same time.
+   */
+  | { type: "Countersign"; channelId: Hex; nonce: bigint; signature: StateSignature; next?: Proposal }
   | { type: "Revoke"; channelId: Hex; nonce: bigint; signature: StateSignature }
   /** A refused proposal: both sides burn its nonce; the proposer drops it and may propose again. */
   | { type: "Reject"; channelId: Hex; nonce: bigint; code: ChannelErrorCode; reason: string }
@@ -180,6 +187,13 @@ export type ChannelMessage =
   | { type: "WithdrawConfirm"; channelId: Hex; request: WithdrawRequest; signature: Hex }
   | { type: "CloseRequest"; channelId: Hex; terms: CooperativeCloseTerms; signature: Hex }
   | { type: "CloseConfirm"; channelId: Hex; terms: CooperativeCloseTerms; signature: Hex };
+
+/** The body of a `Propose`, also carried as a `Countersign`'s `next`. */
+export interface Proposal {
+  state: ChannelState;
+  ops: Op[];
+  signature: StateSignature;
+}
 
 export type ChannelInput =
   | { type: "propose"; ops: Op[] }
@@ -238,7 +252,8 @@ export interface ChannelError {
 }
 
 export type Transition =
-  | { ok: true; channel: ChannelData; effects: ChannelEffect[] }
+  /** `refused`: a part of the input that was refused while the rest applied (a `Countersign`'s `next`). */
+  | { ok: true; channel: ChannelData; effects: ChannelEffect[]; refused?: ChannelError }
   | { ok: false; error: ChannelError };
 
 const fail = (code: ChannelErrorCode, message: string): Transition => ({ ok: false, error: { code, message } });
@@ -563,6 +578,8 @@ function receive(c: ChannelData, m: ChannelMessage, deps: Deps): Transition {
 function receivePropose(c: ChannelData, m: Extract<ChannelMessage, { type: "Propose" }>, deps: Deps): Transition {
   const me = c.config.me;
   const them = other(me);
+  const repeat = answerRepeat(c, m);
+  if (repeat) return repeat;
   const expectedNonce = nextNonce(c);
   // A nonce this node has burnt (and will never sign): the proposer is still waiting for its Reject.
   const refusedBefore = m.state.nonce > c.latest.state.nonce && m.state.nonce <= c.burnt;
@@ -629,6 +646,20 @@ function receivePropose(c: ChannelData, m: Extract<ChannelMessage, { type: "Prop
 }
 
 /**
+ * A repeated proposal of the state this node already countersigned means the Countersign was
+ * lost: send it again (changing nothing) instead of refusing a stale nonce.
+ */
+function answerRepeat(c: ChannelData, m: Extract<ChannelMessage, { type: "Propose" }>): Transition | null {
+  const latest = c.latest;
+  if (typeof m.state !== "object" || m.state === null || m.state.nonce !== latest.state.nonce) return null;
+  if (!sameState(m.state, latest.state)) return null;
+  const mine = c.config.me === 1 ? latest.sig1 : latest.sig2;
+  if (!mine || mine.revokedBelow < latest.state.nonce) return null;
+  const message: ChannelMessage = { type: "Countersign", channelId: c.config.channelId, nonce: latest.state.nonce, signature: mine };
+  return { ok: true, channel: c, effects: [{ type: "send", message }] };
+}
+
+/**
  * Refuses an authentic proposal: burns its nonce and tells the proposer. On a conflict (both
  * proposed this nonce) each side rejects the other's; side 2 then yields for a moment so that
  * side 1's retry goes first.
@@ -657,6 +688,20 @@ function receiveReject(c: ChannelData, m: Extract<ChannelMessage, { type: "Rejec
 }
 
 function receiveCountersign(c: ChannelData, m: Extract<ChannelMessage, { type: "Countersign" }>, deps: Deps): Transition {
+  const { next, ...countersign } = m;
+  const agreed = receiveCountersignOnly(c, countersign, deps);
+  if (next === undefined) return agreed;
+  // The partner's next proposal is judged on the state the countersignature completed. When that
+  // part is a repeat (the message was delivered twice), the proposal is still answered.
+  const proposed =
+    typeof next === "object" && next !== null
+      ? receivePropose(agreed.ok ? agreed.channel : c, { type: "Propose", channelId: m.channelId, state: next.state, ops: next.ops, signature: next.signature }, deps)
+      : fail("STATE_MISMATCH", "the proposal after a countersignature is malformed");
+  if (!proposed.ok) return agreed.ok ? { ...agreed, refused: proposed.error } : agreed;
+  return { ok: true, channel: proposed.channel, effects: [...(agreed.ok ? agreed.effects : []), ...proposed.effects] };
+}
+
+function receiveCountersignOnly(c: ChannelData, m: Extract<ChannelMessage, { type: "Countersign" }>, deps: Deps): Transition {
   const inflight = c.inflight;
   if (!inflight || inflight.next.state.nonce !== m.nonce) {
     return fail("UNEXPECTED_MESSAGE", `no proposal with nonce ${m.nonce} is waiting`);

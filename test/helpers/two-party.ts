@@ -275,7 +275,14 @@ export class TwoParty {
     }
   }
 
+  /**
+   * As a node does: a proposal made while this side's Countersign of the previous nonce is still
+   * queued rides on it (`next`) instead of going out as its own message.
+   */
+  joinProposals = false;
+
   private send(from: Side, message: ChannelMessage): void {
+    if (this.joinProposals && message.type === "Propose" && this.join(from, message)) return;
     let carried: CarriedSignature | null = null;
     const latest = this.channels[from].latest;
     switch (message.type) {
@@ -299,6 +306,25 @@ export class TwoParty {
     }
     this.inbox[other(from)].push({ from, message, carried });
   }
+
+  private join(from: Side, propose: Extract<ChannelMessage, { type: "Propose" }>): boolean {
+    const queue = this.inbox[other(from)];
+    const last = queue[queue.length - 1];
+    if (!last || last.from !== from) return false;
+    const m = last.message;
+    if (m.type !== "Countersign" || m.next !== undefined || m.nonce + 1n !== propose.state.nonce) return false;
+    const carried = { ...propose.signature, stateHash: hashState(propose.state) };
+    this.noteSigned(from, propose.state.nonce, carried.stateHash, "Countersign.next");
+    this.emitted[from].push(carried);
+    if (carried.revokedBelow > this.emittedRevocation[from]) this.emittedRevocation[from] = carried.revokedBelow;
+    const { state, ops, signature } = propose;
+    queue[queue.length - 1] = { ...last, message: { ...m, next: { state, ops, signature } } };
+    this.joined++;
+    return true;
+  }
+
+  /** Proposals that rode on a Countersign. */
+  joined = 0;
 
   /**
    * Delivers `inbox[to][index]`. `keep`: deliver a copy and leave the original queued (a duplicate).
