@@ -149,6 +149,8 @@ interface ThroughputResult {
   hubCrypto: { signatures: number; recoveries: number };
   userCrypto: { signatures: number; recoveries: number };
   hubCommits: number;
+  hubWriteBytes: number;
+  hubWriteSeconds: number;
   hubWrites: number;
   hubCpu: number;
   loadCpu: number;
@@ -217,6 +219,8 @@ async function throughputRun(pairs: Pair[], window: number, hub: HubProcess, cou
     userCrypto: { signatures: u1.signatures - u0.signatures, recoveries: u1.recoveries - u0.recoveries },
     hubCommits: d("starling_store_commits_total"),
     hubWrites: d("starling_store_writes_total"),
+    hubWriteBytes: d("starling_store_write_bytes_total"),
+    hubWriteSeconds: d("starling_store_write_seconds_total"),
     hubCpu: cpuHub,
     loadCpu: (cl.user + cl.system) / 1e6,
     seconds,
@@ -334,11 +338,13 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.cpuMsPerPayment = cpu;
     figures.cpuUtilisation = util;
     figures.hubStoreCommitsPerWrite = round(tp.hubCommits / Math.max(1, tp.hubWrites), 1);
+    figures.hubStoreBytesPerPayment = Math.round(tp.hubWriteBytes / Math.max(1, tp.completed));
+    figures.hubStoreWriteMs = round((tp.hubWriteSeconds * 1000) / Math.max(1, tp.hubWrites), 2);
     log(
       `throughput: median ${figures.paymentsPerSecond}/s (windows ${tp.rates.map((r) => r.toFixed(0)).join(", ")}), ${tp.failed} failed; ` +
         `latency under it p50 ${tpLatency.p50} ms p99 ${tpLatency.p99} ms; ` +
         `CPU per payment hub ${cpu.hubMs} ms, load generator ${cpu.loadGeneratorMs} ms ` +
-        `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites}, completed ${tp.completed}; ` +
+        `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites} (${figures.hubStoreWriteMs} ms each, ${figures.hubStoreBytesPerPayment} B per payment), completed ${tp.completed}; ` +
         `so far: ${counters.disconnects} disconnects, ${counters.sendFailures} failed sends, ${counters.rejects} rejects`,
     );
 

@@ -94,6 +94,8 @@ async function startMetrics(port: number, node: StarlingNode): Promise<Server> {
     ["starling_signature_recoveries_total", "secp256k1 signatures checked (ecrecover)", (s) => s.recoveries],
     ["starling_store_commits_total", "Store commits (one per engine step that changed anything)", (s) => s.commits],
     ["starling_store_writes_total", "LevelDB batch writes the commits were grouped into", (s) => s.writes],
+    ["starling_store_write_bytes_total", "Bytes of keys and values written to LevelDB", (s) => s.writeBytes],
+    ["starling_store_write_seconds_total", "Time spent waiting for LevelDB writes to complete", (s) => s.writeMs / 1000],
   ];
   for (const [name, help, pick] of totals) {
     let last = 0;

@@ -113,6 +113,9 @@ export interface NodeStats {
   /** Store commits issued, and the LevelDB writes they were grouped into. */
   commits: number;
   writes: number;
+  /** Bytes of keys and values written, and milliseconds spent waiting for writes. */
+  writeBytes: number;
+  writeMs: number;
 }
 
 export class StarlingNode {
@@ -590,7 +593,7 @@ export class StarlingNode {
   }
 
   stats(): NodeStats {
-    const store = this.store instanceof LevelStore ? this.store.stats : { commits: 0, writes: 0 };
+    const store = this.store instanceof LevelStore ? this.store.stats : { commits: 0, writes: 0, writeBytes: 0, writeMs: 0 };
     return { ...this.cryptoCounts, ...store };
   }
 

@@ -370,6 +370,16 @@ const bad = (code: ChannelErrorCode, message: string): Applied => ({ ok: false, 
  * compute the same state.
  */
 export function applyOps(c: ChannelData, ops: readonly Op[], proposer: Side, deps: Deps): Applied {
+  return applyOpsTo(c, ops, proposer, deps, true);
+}
+
+/** Whether `ops` by `proposer` would pass (`applyOps` without building the new state's locks root). */
+export function checkOps(c: ChannelData, ops: readonly Op[], proposer: Side, deps: Deps): ChannelError | null {
+  const r = applyOpsTo(c, ops, proposer, deps, false);
+  return r.ok ? null : r.error;
+}
+
+function applyOpsTo(c: ChannelData, ops: readonly Op[], proposer: Side, deps: Deps, withRoot: boolean): Applied {
   if (ops.length === 0) return bad("NO_OPS", "an update needs at least one operation");
   const base = c.latest.state;
   let sent1 = base.sent1;
@@ -462,7 +472,7 @@ export function applyOps(c: ChannelData, ops: readonly Op[], proposer: Side, dep
     sent2,
     locked1,
     locked2,
-    locksRoot: locksRoot(locks),
+    locksRoot: withRoot ? locksRoot(locks) : ZERO_HASH,
   };
   return { ok: true, state, locks };
 }

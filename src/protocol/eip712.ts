@@ -366,11 +366,24 @@ export function secretHash(secret: Hex | Uint8Array): Hex {
     if (secret.length !== 32) throw new Error(`secret: expected 32 bytes, got ${secret.length}`);
     bytes = secret;
   } else {
+    const known = secretHashes.get(secret);
+    if (known !== undefined) return known;
     bytes = new Uint8Array(32);
     writeHex(bytes, 0, secret, 32, "secret");
+    const hash = bytesToHex(keccak_256(bytes));
+    if (secretHashes.size >= SECRET_HASH_CACHE) secretHashes.clear();
+    secretHashes.set(secret, hash);
+    return hash;
   }
   return bytesToHex(keccak_256(bytes));
 }
+
+/**
+ * A payment's secret is hashed at every hop and step that handles its lock (checking an unlock,
+ * matching a reveal): remembered here, bounded, since keccak in JavaScript is not cheap.
+ */
+const secretHashes = new Map<string, Hex>();
+const SECRET_HASH_CACHE = 16_384;
 
 /**
  * keccak256(abi.encode(uint256 chainId, address contract, address p1, address p2, uint24 counter)).

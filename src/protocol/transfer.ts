@@ -23,7 +23,7 @@
  * `transferTransition(state, input, ctx)` is pure: time, signing and the channel copies come in
  * through `ctx`; the result is a new state and effects for the engine, or an error (nothing changed).
  */
-import { DEFAULT_POLICY, applyOps, available, type ChannelData, type ChannelError, type Deps, type Op, type Policy } from "./channel.js";
+import { DEFAULT_POLICY, available, checkOps, type ChannelData, type ChannelError, type Deps, type Op, type Policy } from "./channel.js";
 import { normalizeAddress, secretHash as hashSecret } from "./eip712.js";
 import {
   isAddress,
@@ -1067,12 +1067,12 @@ function flush(w: Work): void {
     const rest = ordered.slice(ctx.policy.maxOpsPerUpdate);
     const me = c.config.me;
     let accepted: Op[] = batch;
-    if (!applyOps(c, batch, me, deps).ok) {
+    if (checkOps(c, batch, me, deps) !== null) {
       accepted = [];
       for (const op of batch) {
-        const r = applyOps(c, [...accepted, op], me, deps);
-        if (r.ok) accepted.push(op);
-        else rejectOp(w, channelId, op, r.error);
+        const error = checkOps(c, [...accepted, op], me, deps);
+        if (error === null) accepted.push(op);
+        else rejectOp(w, channelId, op, error);
       }
     }
     if (rest.length > 0) w.mut("queues").set(channelId, rest);

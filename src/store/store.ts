@@ -169,6 +169,15 @@ function encodeAt(value: unknown, field: string, index: number, prop: string): s
   }
 }
 
+export interface StoreStats {
+  commits: number;
+  writes: number;
+  /** Key and value characters written (UTF-16 units: bytes for the ASCII the codec emits). */
+  writeBytes: number;
+  /** Milliseconds between issuing each write and its completion, summed. */
+  writeMs: number;
+}
+
 interface Waiter {
   result: CommitResult;
   resolve: (result: CommitResult) => void;
@@ -177,7 +186,11 @@ interface Waiter {
 
 /** Commits accepted while the previous write was being scheduled or in flight. */
 interface Group {
-  ops: WriteOp[];
+  /**
+   * The group's writes by key: a key written by several of its commits is written once, with the
+   * last value (the group is one atomic batch, so the earlier values could never be read back).
+   */
+  ops: Map<string, WriteOp>;
   peers: Set<string>;
   waiters: Waiter[];
 }
@@ -192,12 +205,17 @@ class KeyValueStore implements Store {
   private flushing: Promise<void> | null = null;
   private commitCount = 0;
   private writeCount = 0;
+  private writeBytes = 0;
+  private writeMs = 0;
 
   protected constructor(private readonly backend: Backend) {}
 
-  /** Commits accepted and database writes issued since construction; commits/writes is the coalescing factor. */
-  get stats(): { commits: number; writes: number } {
-    return { commits: this.commitCount, writes: this.writeCount };
+  /**
+   * Commits accepted and database writes issued since construction (commits/writes is the
+   * coalescing factor), the bytes of keys and values written, and the time spent in writes.
+   */
+  get stats(): StoreStats {
+    return { commits: this.commitCount, writes: this.writeCount, writeBytes: this.writeBytes, writeMs: this.writeMs };
   }
 
   async open(): Promise<void> {
@@ -316,8 +334,8 @@ class KeyValueStore implements Store {
       return Promise.reject(err);
     }
 
-    const group = (this.pending ??= { ops: [], peers: new Set(), waiters: [] });
-    for (const op of ops) group.ops.push(op);
+    const group: Group = (this.pending ??= { ops: new Map(), peers: new Set(), waiters: [] });
+    for (const op of ops) group.ops.set(op.key, op);
     for (const [peer, next] of assigned) {
       this.nextSeq.set(peer, next);
       group.peers.add(peer);
@@ -338,11 +356,16 @@ class KeyValueStore implements Store {
         this.pending = null;
         // Every commit that used these counters is in this group or an earlier one.
         for (const peer of group.peers) {
-          group.ops.push({ type: "put", key: NEXT_SEQ + peer, value: encode(this.nextSeq.get(peer)) });
+          const key = NEXT_SEQ + peer;
+          group.ops.set(key, { type: "put", key, value: encode(this.nextSeq.get(peer)) });
         }
         this.writeCount++;
+        const ops = [...group.ops.values()];
+        for (const op of ops) this.writeBytes += op.key.length + (op.type === "put" ? op.value.length : 0);
+        const started = performance.now();
         try {
-          await this.backend.write(group.ops);
+          await this.backend.write(ops);
+          this.writeMs += performance.now() - started;
         } catch (err) {
           const failure = new Error(`${this.backend.description}: write failed`, { cause: err });
           for (const w of group.waiters) w.reject(failure);
