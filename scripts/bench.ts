@@ -6,6 +6,7 @@
  *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), ~45 s here plus the build
  *   npm run bench -- --json        one JSON object on stdout (progress goes to stderr)
  *   options: --users N  --window N (payments in flight per payer, default 1)  --scale N (channels)
+ *            --no-invoices (payers make the secrets: a SecretRequest/SecretReveal round per payment)
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
  *            --skip-payments  --skip-scale  --skip-gas
  *
@@ -55,6 +56,8 @@ const JSON_OUT = flag("--json");
 const CFG = {
   users: num("--users", QUICK ? 100 : 1000),
   window: num("--window", 1),
+  /** Payees hand out invoices (the payer then needs no SecretRequest/SecretReveal round). */
+  invoices: !flag("--no-invoices"),
   latencySamples: QUICK ? 100 : 500,
   warmupMs: QUICK ? 1500 : 5000,
   windows: QUICK ? 3 : 5,
@@ -131,13 +134,21 @@ interface Pair {
   payee: BenchUser;
 }
 
+/**
+ * One payment of 1 unit from payer to payee; resolves with its latency in ms. With invoices (the
+ * default) the payee opens an invoice first, as a payee hands one out before it is paid: the
+ * latency is measured from the payer's `pay` step, as without one.
+ */
+async function payOnce({ payer, payee }: Pair): Promise<number> {
+  const secretHash = CFG.invoices ? await payee.invoice(1n) : undefined;
+  const t = performance.now();
+  await payer.pay(payee.address, 1n, secretHash);
+  return performance.now() - t;
+}
+
 async function latencyRun(pair: Pair, n: number): Promise<number[]> {
   const out: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t = performance.now();
-    await pair.payer.pay(pair.payee.address, 1n);
-    out.push(performance.now() - t);
-  }
+  for (let i = 0; i < n; i++) out.push(await payOnce(pair));
   return out;
 }
 
@@ -163,17 +174,15 @@ async function throughputRun(pairs: Pair[], window: number, hub: HubProcess, cou
   const lat: number[] = [];
   let failed = 0;
   const loops: Promise<void>[] = [];
-  for (const { payer, payee } of pairs) {
+  for (const pair of pairs) {
     for (let w = 0; w < window; w++) {
       loops.push(
         (async () => {
           while (!stop) {
-            const t = performance.now();
             try {
-              await payer.pay(payee.address, 1n);
-              const end = performance.now();
-              done.push(end);
-              lat.push(end - t);
+              const ms = await payOnce(pair);
+              done.push(performance.now());
+              lat.push(ms);
             } catch {
               failed++;
               await sleep(50);
@@ -238,11 +247,9 @@ async function openLoopRun(pairs: Pair[], rate: number, ms: number): Promise<{ l
   while (performance.now() - start < ms) {
     const due = Math.floor(((performance.now() - start) / 1000) * rate);
     for (; issued < due; issued++) {
-      const { payer, payee } = pairs[next++ % pairs.length]!;
-      const t = performance.now();
       pending.push(
-        payer.pay(payee.address, 1n).then(
-          () => void lat.push(performance.now() - t),
+        payOnce(pairs[next++ % pairs.length]!).then(
+          (ms) => void lat.push(ms),
           () => void failed++,
         ),
       );

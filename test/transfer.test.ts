@@ -261,6 +261,127 @@ describe("issuance and payment ids", function () {
 });
 
 describe("expiry and refunds", function () {
+  describe("invoices", function () {
+    /** Every message put on the wire while `run` runs. */
+    function wireLog(w: World): Wire[] {
+      const seen: Wire[] = [];
+      w.net.dropIf = (wire) => {
+        seen.push(wire);
+        return false;
+      };
+      return seen;
+    }
+
+    it("B's invoice is unlocked on arrival: no SecretRequest or SecretReveal, fewer messages, and A gets the secret as a receipt", () => {
+      const w = new World();
+      const [a, hub, b] = [w.node(), w.node(), w.node()];
+      const ah = w.open(a, hub);
+      const hb = w.open(hub, b);
+      // A payment the usual way first, for the message count.
+      const usual = wireLog(w);
+      w.pay(a, b, 10n);
+      w.net.run();
+      const secret = rand32();
+      const inv = w.net.submit(b.address, { type: "invoice", secret, amount: 100n, expiresAt: w.net.now + 3600n });
+      expect(inv.ok, JSON.stringify(inv.error)).to.equal(true);
+      expect(b.transfers.invoices.get(secretHash(secret))?.amount).to.equal(100n);
+
+      const seen = wireLog(w);
+      const paymentId = rand32();
+      const r = w.net.submit(a.address, { type: "pay", paymentId, target: b.address, amount: 100n, secretHash: secretHash(secret) });
+      expect(r.ok, JSON.stringify(r.error)).to.equal(true);
+      expect(r.payment?.secret).to.equal(null);
+      w.net.run();
+
+      const done = w.net.events.get(a.address)!.find((e) => e.type === "paymentSent" && e.payment.paymentId === paymentId);
+      expect(done?.type === "paymentSent" && done.payment.secret).to.equal(secret);
+      const incoming = b.incoming(paymentId);
+      expect(incoming.map((p) => [p.status, p.amount, p.initiator])).to.deep.equal([["received", 100n, a.address]]);
+      expect(seen.some((x) => isTransferMessage(x, "SecretRequest") || isTransferMessage(x, "SecretReveal"))).to.equal(false);
+      // The usual way: the request and the reveal each cross two hops (relayed by the hub).
+      expect(usual.filter((x) => isTransferMessage(x, "SecretRequest") || isTransferMessage(x, "SecretReveal")).length).to.equal(4);
+      expect(seen.length, `${seen.length} messages against ${usual.length}`).to.be.lessThan(usual.length - 4);
+      // B countersigned the hub's lock and proposed its unlock in one message.
+      expect(seen.some((x) => x.to === hub.address && x.envelope.kind === "channel" && x.envelope.message.type === "Countersign" && x.envelope.message.next !== undefined)).to.equal(true);
+      expect(b.transfers.invoices.size).to.equal(0);
+      expectAgreement(a, hub, ah);
+      expectAgreement(hub, b, hb);
+      expect(mine(a, ah)).to.equal(DEPOSIT - 110n);
+      expect(mine(b, hb)).to.equal(DEPOSIT + 110n);
+      expectIdle(a, hub, b);
+      expect(w.net.rejected).to.deep.equal([]);
+    });
+
+    it("a lock below the invoice's amount is not claimed: the invoice stays open and A is refunded at expiry", () => {
+      const w = new World();
+      const [a, hub, b] = [w.node(), w.node(), w.node()];
+      const ah = w.open(a, hub);
+      w.open(hub, b);
+      const secret = rand32();
+      w.net.submit(b.address, { type: "invoice", secret, amount: 100n, expiresAt: w.net.now + 7200n });
+      const paymentId = rand32();
+      w.net.submit(a.address, { type: "pay", paymentId, target: b.address, amount: 99n, secretHash: secretHash(secret) });
+      w.net.run();
+      expect(a.payment(paymentId)?.status).to.equal("pending");
+      expect(b.incoming(paymentId)[0]?.status).to.equal("pending");
+      expect(b.transfers.invoices.has(secretHash(secret))).to.equal(true);
+      // B asked the way it asks any payer; A does not know the secret and cannot answer.
+      expect(w.net.rejected.map((x) => x.error.code)).to.include("UNKNOWN_PAYMENT");
+      w.net.advance(601n);
+      w.net.tickAll();
+      w.net.run();
+      expect(a.payment(paymentId)?.status).to.equal("failed");
+      expect(mine(a, ah)).to.equal(DEPOSIT);
+      // Still open: the right payment is taken later.
+      expect(b.transfers.invoices.has(secretHash(secret))).to.equal(true);
+    });
+
+    it("an expired invoice is dropped and no longer unlocks anything", () => {
+      const w = new World();
+      const [a, hub, b] = [w.node(), w.node(), w.node()];
+      w.open(a, hub);
+      w.open(hub, b);
+      const secret = rand32();
+      w.net.submit(b.address, { type: "invoice", secret, amount: 5n, expiresAt: w.net.now + 10n });
+      w.net.advance(11n);
+      w.net.tickAll();
+      w.net.run();
+      expect(b.transfers.invoices.size).to.equal(0);
+      const paymentId = rand32();
+      w.net.submit(a.address, { type: "pay", paymentId, target: b.address, amount: 5n, secretHash: secretHash(secret) });
+      w.net.run();
+      expect(b.incoming(paymentId)[0]?.status).to.equal("pending");
+      expect(a.payment(paymentId)?.status).to.equal("pending");
+    });
+
+    it("bad invoices and invoice payments are refused and change nothing", () => {
+      const w = new World();
+      const [a, hub, b] = [w.node(), w.node(), w.node()];
+      w.open(a, hub);
+      w.open(hub, b);
+      const secret = rand32();
+      const before = structuredClone(b.transfers);
+      const bad = (at: NodeCore, input: Parameters<LocalNetwork["submit"]>[1], code: string) => {
+        const r = w.net.submit(at.address, input);
+        expect(r.ok, `${input.type} accepted`).to.equal(false);
+        expect(r.error?.code).to.equal(code);
+      };
+      const now = w.net.now;
+      bad(b, { type: "invoice", secret, amount: 0n, expiresAt: now + 60n }, "BAD_INPUT");
+      bad(b, { type: "invoice", secret, amount: 1n, expiresAt: now }, "BAD_INPUT");
+      bad(b, { type: "invoice", secret: "0x1234", amount: 1n, expiresAt: now + 60n }, "BAD_INPUT");
+      expect(b.transfers).to.deep.equal(before);
+      expect(w.net.submit(b.address, { type: "invoice", secret, amount: 1n, expiresAt: now + 60n }).ok).to.equal(true);
+      bad(b, { type: "invoice", secret, amount: 2n, expiresAt: now + 60n }, "DUPLICATE_SECRET");
+      const pay = { type: "pay" as const, paymentId: rand32(), target: b.address, amount: 1n };
+      bad(a, { ...pay, secret, secretHash: secretHash(secret) }, "BAD_INPUT");
+      bad(a, pay, "BAD_INPUT");
+      bad(a, { ...pay, secretHash: "0xabc" as Hex }, "BAD_INPUT");
+      expect(a.transfers.payments.size).to.equal(0);
+      expect(w.net.inflight).to.deep.equal([]);
+    });
+  });
+
   it("B offline: after the lock expires A is refunded and the payment fails", () => {
     const w = new World();
     const [a, hub, b] = [w.node(), w.node(), w.node()];

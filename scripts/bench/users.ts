@@ -16,7 +16,7 @@ import { NodeCore, type Envelope, type StepResult } from "../../src/engine/node-
 import { StepRunner } from "../../src/node/steps.js";
 import { createTransport, type P2PTransport } from "../../src/p2p/index.js";
 import { newChannel, type ChannelData, type Funding } from "../../src/protocol/channel.js";
-import { normalizeAddress, orderParticipants } from "../../src/protocol/eip712.js";
+import { normalizeAddress, orderParticipants, secretHash as hashSecret } from "../../src/protocol/eip712.js";
 import type { IncomingPayment, OutgoingPayment } from "../../src/protocol/transfer.js";
 import type { Address, Hex } from "../../src/protocol/types.js";
 import { countingSigner, countingVerifier, type CryptoCounts, type Secp256k1Backend } from "../../src/signer/index.js";
@@ -134,11 +134,23 @@ export class BenchUser {
     return promise;
   }
 
-  /** Pays `target` through the hub; resolves once the payment is completed and that is durable here. */
-  async pay(target: Address, amount: bigint): Promise<OutgoingPayment> {
+  /** Opens an invoice for `amount` (durable here) and returns its secret hash. */
+  async invoice(amount: bigint): Promise<Hex> {
+    const secret = newId();
+    const r = await this.#runner.step({ type: "invoice", secret, amount, expiresAt: unixNow() + 3600n });
+    if (!r.ok) throw new Error(`invoice refused: ${r.error?.code}: ${r.error?.message}`);
+    return hashSecret(secret);
+  }
+
+  /**
+   * Pays `target` through the hub, with the target's invoice (`secretHash`) or a secret of its own;
+   * resolves once the payment is completed and that is durable here.
+   */
+  async pay(target: Address, amount: bigint, secretHash?: Hex): Promise<OutgoingPayment> {
     const paymentId = newId();
     const done = new Promise<OutgoingPayment>((resolve, reject) => this.#waiters.set(paymentId, { resolve, reject }));
-    const r = await this.#runner.step({ type: "pay", paymentId, target, amount, secret: newId() });
+    const lock = secretHash === undefined ? { secret: newId() } : { secretHash };
+    const r = await this.#runner.step({ type: "pay", paymentId, target, amount, ...lock });
     if (!r.ok) {
       this.#waiters.delete(paymentId);
       throw new Error(`pay refused: ${r.error?.code}: ${r.error?.message}`);

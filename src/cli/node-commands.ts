@@ -234,8 +234,17 @@ The hub's address and multiaddr are printed by \`starling info -d .data/hub\`.`,
     .argument("<to>", "the payee's address")
     .argument("<amount>", "base units")
     .option("--id <paymentId>", "payment id (32 bytes hex); the same id pays once. Default: random")
-    .action((to: string, amount: string, o: ClientOptions & { id?: string }) =>
-      withClient(o, (c) => c.call("payment.pay", { paymentId: o.id ?? newId(), to, amount })),
+    .option("--invoice <secretHash>", "pay the payee's invoice (from its `starling invoice`): saves a round trip")
+    .action((to: string, amount: string, o: ClientOptions & { id?: string; invoice?: string }) =>
+      withClient(o, (c) =>
+        c.call("payment.pay", { paymentId: o.id ?? newId(), to, amount, ...(o.invoice !== undefined ? { secretHash: o.invoice } : {}) }),
+      ),
+    );
+  clientCommand(program, "invoice", "ask for a payment: prints the secret hash a payer passes to `pay --invoice`")
+    .argument("<amount>", "the least the payment must be, base units")
+    .option("--expires <seconds>", "how long the invoice is open", "3600")
+    .action((amount: string, o: ClientOptions & { expires: string }) =>
+      withClient(o, (c) => c.call("payment.invoice", { amount, expiresInSeconds: Number(o.expires) })),
     );
   clientCommand(program, "payment", "a payment's status")
     .argument("<paymentId>")

@@ -74,7 +74,10 @@ export interface Outbound {
 
 export type NodeInput =
   /** Without `channelId`, the channel towards `target` (for a user: its only channel). */
-  | { type: "pay"; paymentId: Hex; target: Address; amount: bigint; secret: Hex; channelId?: Hex }
+  /** With `secret` (the payer's, revealed when the target asks) or an invoice's `secretHash`. */
+  | { type: "pay"; paymentId: Hex; target: Address; amount: bigint; secret?: Hex; secretHash?: Hex; channelId?: Hex }
+  /** Ask for a payment of at least `amount` locked with `secret`'s hash, until `expiresAt`. */
+  | { type: "invoice"; secret: Hex; amount: bigint; expiresAt: bigint }
   | { type: "issue"; paymentId: Hex; target: Address; amount: bigint; channelId?: Hex }
   /** A message from the authenticated peer `from`. */
   | { type: "deliver"; from: Address; envelope: Envelope }
@@ -168,6 +171,7 @@ function copyTransferState(s: TransferState): TransferState {
     metadata: new Map(s.metadata),
     queues: new Map(s.queues),
     registered: new Map(s.registered),
+    invoices: new Map(s.invoices),
   };
 }
 
@@ -236,6 +240,11 @@ export class NodeCore {
 
   channel(channelId: Hex): ChannelData | undefined {
     return this.#channels.get(lower(channelId));
+  }
+
+  /** The engine's clock, unix seconds (what its steps take as "now"). */
+  now(): bigint {
+    return this.#clock();
   }
 
   channels(): ChannelData[] {
@@ -343,7 +352,15 @@ export class NodeCore {
         }
         const t: TransferInput =
           input.type === "pay"
-            ? { type: "pay", paymentId: input.paymentId, target: input.target, amount: input.amount, channelId, secret: input.secret }
+            ? {
+                type: "pay",
+                paymentId: input.paymentId,
+                target: input.target,
+                amount: input.amount,
+                channelId,
+                ...(input.secret !== undefined ? { secret: input.secret } : {}),
+                ...(input.secretHash !== undefined ? { secretHash: input.secretHash } : {}),
+              }
             : { type: "issue", paymentId: input.paymentId, target: input.target, amount: input.amount, channelId };
         return this.#transfer(step, t, true);
       }
@@ -354,6 +371,8 @@ export class NodeCore {
         return null;
       case "secretRevealed":
         return this.#transfer(step, { ...input, type: "secretRevealed" }, true);
+      case "invoice":
+        return this.#transfer(step, { type: "invoice", secret: input.secret, amount: input.amount, expiresAt: input.expiresAt }, true);
       case "channel":
         return this.#channel(step, input.channelId, input.input);
     }

@@ -148,16 +148,33 @@ export function nodeMethods(node: StarlingNode) {
         paymentId: hash32Schema.describe("Caller-chosen id: paying twice with one id pays once"),
         to: addressSchema.describe("The payee, reached through the hub(s)"),
         amount: amountSchema,
+        secretHash: hash32Schema
+          .optional()
+          .describe("The payee's invoice (payment.invoice): the payee unlocks at once, and the completed payment carries the secret as a receipt"),
         wait: z.boolean().optional().describe("Wait until the payment completes or fails (default true)"),
         timeoutMs: z.number().int().min(100).max(3_600_000).optional().describe("How long to wait (default 30000)"),
       }),
       result: paymentSchema,
-      description: "Pays any address reachable through the hub(s) with an HTLC payment. The same payment id pays once.",
+      description:
+        "Pays any address reachable through the hub(s) with an HTLC payment. The same payment id pays once. " +
+        "Without secretHash this node makes the secret and reveals it when the payee asks; with an invoice's secretHash the payee holds it, which saves a round trip.",
       handler: async (p) => {
-        const payment = await node.pay(p.paymentId as Hex, p.to as Address, p.amount);
+        const payment = await node.pay(p.paymentId as Hex, p.to as Address, p.amount, p.secretHash as Hex | undefined);
         if (p.wait === false || payment.status !== "pending") return payment;
         return node.waitForPayment(payment.paymentId, p.timeoutMs ?? 30_000);
       },
+    }),
+    defineMethod({
+      name: "payment.invoice",
+      params: z.object({
+        amount: amountSchema.describe("The least a payment must lock to be accepted (base units)"),
+        expiresInSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional().describe("How long the invoice is open (default 3600)"),
+      }),
+      result: z.object({ secretHash: hash32Schema, amount: wireAmount, expiresAt: wireAmount, target: addressSchema }),
+      description:
+        "Asks for a payment: returns the secret hash a payer passes to payment.pay (with this node as `to`). " +
+        "A lock with that hash, of at least `amount`, is unlocked as soon as it arrives. Each invoice is paid once.",
+      handler: async (p) => node.invoice(p.amount, p.expiresInSeconds ?? 3600),
     }),
     defineMethod({
       name: "payment.get",

@@ -26,7 +26,7 @@ import {
   type Funding,
   type Side,
 } from "../protocol/channel.js";
-import { normalizeAddress, orderParticipants } from "../protocol/eip712.js";
+import { normalizeAddress, orderParticipants, secretHash } from "../protocol/eip712.js";
 import type { Address, Hex } from "../protocol/types.js";
 import type { OutgoingPayment, IncomingPayment, TransferState } from "../protocol/transfer.js";
 import {
@@ -119,7 +119,8 @@ export interface NodeStats {
 }
 
 export class StarlingNode {
-  readonly events = new EventEmitter<NodeEvents>();
+  // Every RPC call waiting for a payment listens here: no listener limit.
+  readonly events = new EventEmitter<NodeEvents>().setMaxListeners(0);
   readonly address: Address;
   readonly role: Config["role"];
   private readonly log: Logger;
@@ -743,9 +744,23 @@ export class StarlingNode {
    * Starts a payment; the same id pays once. The store lookup runs inside the step sequence, so
    * no step can finish a payment with this id between the lookup and the new step.
    */
-  pay(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {
+  pay(paymentId: Hex, target: Address, amount: bigint, secretHash?: Hex): Promise<OutgoingPayment> {
+    const base = { type: "pay", paymentId, target: normalizeAddress(target), amount } as const;
+    // Paying an invoice: the target made the secret. Otherwise this node makes one.
+    if (secretHash !== undefined) return this.startPayment({ ...base, secretHash });
+    return this.startPayment({ ...base, secret: `0x${randomBytes(32).toString("hex")}` as Hex });
+  }
+
+  /**
+   * Asks for a payment of at least `amount`: a fresh secret is kept as an invoice and its hash
+   * handed out; a lock with that hash to this node is then unlocked at once, without asking the payer.
+   */
+  async invoice(amount: bigint, expiresInSeconds: number): Promise<{ secretHash: Hex; amount: bigint; expiresAt: bigint; target: Address }> {
     const secret = `0x${randomBytes(32).toString("hex")}` as Hex;
-    return this.startPayment({ type: "pay", paymentId, target: normalizeAddress(target), amount, secret });
+    const expiresAt = this.core.now() + BigInt(expiresInSeconds);
+    const r = await this.step({ type: "invoice", secret, amount, expiresAt });
+    if (!r.ok) throw NodeError.from(r.error);
+    return { secretHash: secretHash(secret), amount, expiresAt, target: this.address };
   }
 
   issue(paymentId: Hex, target: Address, amount: bigint): Promise<OutgoingPayment> {

@@ -18,6 +18,7 @@ export function transferStateToPlain(s: TransferState): StoredTransferState {
     metadata: [...s.metadata],
     queues: [...s.queues],
     registered: [...s.registered],
+    invoices: [...s.invoices],
   };
 }
 
@@ -31,10 +32,12 @@ export function transferStateFromPlain(p: StoredTransferState): TransferState {
     metadata: new Map(p.metadata),
     queues: new Map(p.queues),
     registered: new Map(p.registered),
+    // Absent in stores written before invoices existed.
+    invoices: new Map(p.invoices ?? []),
   };
 }
 
-const TABLES: readonly (keyof TransferState)[] = ["payments", "incoming", "secrets", "sent", "received", "metadata", "queues", "registered"];
+const TABLES: readonly (keyof TransferState)[] = ["payments", "incoming", "secrets", "sent", "received", "metadata", "queues", "registered", "invoices"];
 
 /**
  * The transfer state is stored one record per entry, `<prefix><table>!<key>`, so a step writes

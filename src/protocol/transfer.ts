@@ -191,6 +191,21 @@ export interface TransferState {
   readonly queues: ReadonlyMap<Hex, readonly Op[]>;
   /** Secret hashes already handed to the chain (danger zone), with when. */
   readonly registered: ReadonlyMap<Hex, bigint>;
+  /** This node's open invoices by secret hash: a lock for one is claimed without asking its payer. */
+  readonly invoices: ReadonlyMap<Hex, Invoice>;
+}
+
+/**
+ * A payment this node asks for: it made the secret and hands out its hash. A lock with that hash,
+ * of at least `amount`, addressed to this node, is unlocked at once: no SecretRequest/SecretReveal
+ * round with the payer, and the unlock the payer receives is its receipt (it carries the secret).
+ */
+export interface Invoice {
+  secretHash: Hex;
+  secret: Hex;
+  amount: bigint;
+  /** Unix seconds after which a lock for it is no longer claimed this way (the invoice is dropped). */
+  expiresAt: bigint;
 }
 
 export function newTransferState(): TransferState {
@@ -203,6 +218,7 @@ export function newTransferState(): TransferState {
     metadata: new Map(),
     queues: new Map(),
     registered: new Map(),
+    invoices: new Map(),
   };
 }
 
@@ -230,8 +246,13 @@ export interface TransferContext {
 }
 
 export type TransferInput =
-  /** Pay `target` through `channelId` (with the hub); `secret` is 32 random bytes from the caller. */
-  | { type: "pay"; paymentId: Hex; target: Address; amount: bigint; channelId: Hex; secret: Hex }
+  /**
+   * Pay `target` through `channelId` (with the hub). Either `secret`, 32 random bytes from the
+   * caller (revealed to the target once it asks), or `secretHash`, from the target's invoice.
+   */
+  | { type: "pay"; paymentId: Hex; target: Address; amount: bigint; channelId: Hex; secret?: Hex; secretHash?: Hex }
+  /** Ask for a payment: remember `secret` (32 random bytes from the caller) as an invoice. */
+  | { type: "invoice"; secret: Hex; amount: bigint; expiresAt: bigint }
   /** Pay the channel partner directly (a hub's issuance): a plain RSMC update, no lock. */
   | { type: "issue"; paymentId: Hex; target: Address; amount: bigint; channelId: Hex }
   /** A channel `updated` effect: these operations are now in a fully signed state. */
@@ -495,6 +516,11 @@ function transitionOnce(state: TransferState, input: TransferInput, ctx: Transfe
       payment = r.payment;
       break;
     }
+    case "invoice": {
+      const r = invoice(w, input);
+      if (!r.ok) return r;
+      break;
+    }
     case "issue": {
       const r = issue(w, input);
       if (!r.ok) return r;
@@ -579,7 +605,11 @@ function spendable(w: Work, c: ChannelData): bigint {
 function pay(w: Work, i: Extract<TransferInput, { type: "pay" }>): Paid {
   const bad = checkNewPayment(i);
   if (bad) return bad;
-  if (!isHexOf(i.secret, 32)) return reject("BAD_INPUT", "secret must be 32 bytes of hex");
+  if ((i.secret === undefined) === (i.secretHash === undefined)) {
+    return reject("BAD_INPUT", "give either a secret or an invoice's secret hash");
+  }
+  if (i.secret !== undefined && !isHexOf(i.secret, 32)) return reject("BAD_INPUT", "secret must be 32 bytes of hex");
+  if (i.secretHash !== undefined && !isHexOf(i.secretHash, 32)) return reject("BAD_INPUT", "secretHash must be 32 bytes of hex");
   const paymentId = lower(i.paymentId);
   const channelId = lower(i.channelId);
   const target = normalizeAddress(i.target);
@@ -589,10 +619,11 @@ function pay(w: Work, i: Extract<TransferInput, { type: "pay" }>): Paid {
   if (!open.ok) return open;
   const c = open.channel;
   if (target === w.me) return reject("SELF_PAYMENT", "cannot pay oneself");
-  const secret = lower(i.secret);
-  const secretHash = hashSecret(secret);
+  // Paying an invoice, this node does not know the secret: the target does, and unlocks at once.
+  const secret = i.secret === undefined ? null : lower(i.secret);
+  const secretHash = secret === null ? lower(i.secretHash as Hex) : hashSecret(secret);
   const key = lockKey(channelId, secretHash);
-  if (w.get("secrets").has(secretHash) || w.get("sent").has(key)) {
+  if (w.get("secrets").has(secretHash) || w.get("sent").has(key) || w.get("invoices").has(secretHash)) {
     return reject("DUPLICATE_SECRET", "this secret is already in use; every payment needs a fresh one");
   }
   const free = spendable(w, c);
@@ -614,10 +645,23 @@ function pay(w: Work, i: Extract<TransferInput, { type: "pay" }>): Paid {
   const amount = i.amount;
   const meta: LockedTransfer = { type: "LockedTransfer", channelId, paymentId, initiator: w.me, target, amount, secretHash, expiry };
   w.mut("payments").set(paymentId, payment);
-  w.mut("secrets").set(secretHash, secret);
+  if (secret !== null) w.mut("secrets").set(secretHash, secret);
   w.mut("sent").set(key, { channelId, secretHash, amount, expiry, paymentId, stage: "proposing", upstream: null, meta, metaSentAt: null });
   enqueue(w, channelId, { type: "lock", amount, expiry, secretHash, paymentId });
   return { ok: true, payment };
+}
+
+function invoice(w: Work, i: Extract<TransferInput, { type: "invoice" }>): { ok: true } | Rejected {
+  if (!isHexOf(i.secret, 32)) return reject("BAD_INPUT", "secret must be 32 bytes of hex");
+  if (typeof i.amount !== "bigint" || i.amount <= 0n) return reject("BAD_INPUT", "amount must be a positive integer");
+  if (typeof i.expiresAt !== "bigint" || i.expiresAt <= w.now) return reject("BAD_INPUT", "expiresAt must be in the future");
+  const secret = lower(i.secret);
+  const secretHash = hashSecret(secret);
+  if (w.get("invoices").has(secretHash) || w.get("secrets").has(secretHash) || w.hasHash("received", secretHash) || w.hasHash("sent", secretHash)) {
+    return reject("DUPLICATE_SECRET", "this secret is already in use; every invoice needs a fresh one");
+  }
+  w.mut("invoices").set(secretHash, { secretHash, secret, amount: i.amount, expiresAt: i.expiresAt });
+  return { ok: true };
 }
 
 function issue(w: Work, i: Extract<TransferInput, { type: "issue" }>): Paid {
@@ -652,10 +696,11 @@ function issue(w: Work, i: Extract<TransferInput, { type: "issue" }>): Paid {
   return { ok: true, payment };
 }
 
-function finishOutgoing(w: Work, paymentId: Hex, status: "completed" | "failed", reason: string | null): void {
+function finishOutgoing(w: Work, paymentId: Hex, status: "completed" | "failed", reason: string | null, secret?: Hex): void {
   const p = w.get("payments").get(paymentId);
   if (!p || p.status !== "pending") return;
-  const done: OutgoingPayment = { ...p, status, reason };
+  // An invoice's payer learns the secret from the unlock: its proof of payment.
+  const done: OutgoingPayment = { ...p, status, reason, ...(p.secret === null && secret !== undefined ? { secret } : {}) };
   // Finished payments leave the working state (kept O(in-flight)); the shell stores them by id.
   w.mut("payments").delete(paymentId);
   if (status === "completed") w.emit({ type: "paymentSent", payment: done });
@@ -763,7 +808,7 @@ function partnerOpSigned(w: Work, channelId: Hex, op: Op): void {
       const s = w.get("sent").get(key);
       if (s) {
         w.mut("sent").delete(key);
-        if (s.upstream === null) finishOutgoing(w, s.paymentId, "completed", null);
+        if (s.upstream === null) finishOutgoing(w, s.paymentId, "completed", null, lower(op.secret));
       }
       // A mediator now holds the secret of its upstream lock.
       learnSecret(w, lower(op.secret), hash);
@@ -867,6 +912,14 @@ function claim(w: Work, key: LockKey, r: ReceivedLock, meta: LockedTransfer): vo
   }
   // Too close to expiry to unlock safely: asking would only hand the hub a claim on the payer.
   const asked = w.now + w.ctx.policy.dangerZoneSeconds < r.expiry;
+  const invoice = w.get("invoices").get(r.secretHash);
+  if (asked && invoice && r.amount >= invoice.amount && w.now <= invoice.expiresAt) {
+    // This node made the secret: unlock now (the invoice is paid once).
+    w.mut("invoices").delete(r.secretHash);
+    w.mut("received").set(key, { ...r, role: "target", requestedAt: null });
+    learnSecret(w, invoice.secret, r.secretHash);
+    return;
+  }
   w.mut("received").set(key, { ...r, role: "target", requestedAt: asked ? w.now : null });
   if (asked) requestSecret(w, r, initiator);
 }
@@ -990,6 +1043,7 @@ function receiveSecretReveal(w: Work, m: SecretReveal): Received {
 function tick(w: Work): void {
   const { policy } = w.ctx;
   const now = w.now;
+  for (const [hash, inv] of w.get("invoices")) if (now > inv.expiresAt) w.mut("invoices").delete(hash);
   for (const [key, s] of w.get("sent")) {
     if (s.stage === "locked" && now > s.expiry && !claimedOnChain(s)) {
       w.mut("sent").set(key, { ...s, stage: "expiring" });
