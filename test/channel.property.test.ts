@@ -279,7 +279,11 @@ class Run {
       this.stats.joined++;
       this.checkAnswer(to, { type: "Propose", channelId: m.channelId, ...next }, mid.ok ? mid.channel : before, result, mid.ok ? 1 : 0);
     }
-    if (m.type === "Reject") {
+    if (m.type === "Reject" && result.channel === before) {
+      // Side 1 dropped its side of a conflict already: a burnt nonce, nothing waits for it.
+      expect(result.effects).to.deep.equal([]);
+      expect(m.nonce <= before.burnt && before.inflight?.next.state.nonce !== m.nonce).to.equal(true);
+    } else if (m.type === "Reject") {
       // It drops the proposal it names, and nothing else changes.
       this.stats.rejectsApplied++;
       expect(result.effects.map((e) => e.type)).to.deep.equal(["proposalRejected"]);
@@ -313,7 +317,9 @@ class Run {
     const nonce = m.state.nonce;
     const dropped = result.effects.filter((e) => e.type === "proposalRejected");
     expect(dropped.length <= 1).to.equal(true);
-    if (dropped.length > 0) {
+    // Side 1 refusing a proposal with the nonce of its own drops its own at once (side 2 refuses it).
+    const side1Conflict = to === 1 && answer.type === "Reject" && answer.code === "CONFLICT" && before.inflight?.next.state.nonce === nonce;
+    if (dropped.length > 0 && !side1Conflict) {
       // Only a proposal above this node's own, which the partner can then never sign.
       expect(before.inflight !== null && before.inflight.next.state.nonce < nonce).to.equal(true);
       this.stats.droppedBelow++;
@@ -349,7 +355,18 @@ class Run {
       expect(before.inflight?.next.state.nonce).to.equal(nonce);
       this.stats.conflicts++;
     }
-    const backoffUntil = code === "CONFLICT" && to === 2 ? this.sim.now + CONFLICT_BACKOFF_SECONDS : before.backoffUntil;
+    const now = this.sim.now;
+    const backoffUntil = side1Conflict
+      ? before.backoffUntil >= now
+        ? now + 1n
+        : now
+      : code === "CONFLICT" && to === 2
+        ? now + CONFLICT_BACKOFF_SECONDS
+        : before.backoffUntil;
+    if (side1Conflict) {
+      expect(dropped).to.have.length(1);
+      expect(dropped[0]).to.deep.include({ ops: before.inflight!.ops });
+    }
     const expected: ChannelData = { ...before, burnt: nonce, backoffUntil, inflight: dropped.length > 0 ? null : before.inflight };
     expect(encodeJson(result.channel), `refusal ${code} changed more than the burnt nonce`).to.equal(encodeJson(expected));
   }
@@ -670,8 +687,8 @@ class Run {
       this.prevNonce[x] = s.nonce;
       expect(c.burnt >= this.prevBurnt[x], `side ${x} burnt nonce went down`).to.equal(true);
       this.prevBurnt[x] = c.burnt;
-      // Only side 2 ever yields, and not for longer than a backoff.
-      if (x === 1) expect(c.backoffUntil).to.equal(0n);
+      // Side 1 yields at most until the next second (after a second conflict in one second).
+      if (x === 1) expect(c.backoffUntil <= sim.now + 1n).to.equal(true);
       expect(c.backoffUntil <= sim.now + CONFLICT_BACKOFF_SECONDS).to.equal(true);
       if (s.nonce > this.stats.maxNonce) this.stats.maxNonce = s.nonce;
       if (s.nonce > 0n) {

@@ -90,18 +90,36 @@ function refused(c: ChannelData, input: ChannelInput, code: ChannelErrorCode, no
   const before = structuredClone(c);
   const result = run(c, input, now, p);
   if (!result.ok) return expect.fail(`expected a refusal with ${code}, got the rejection ${result.error.code} ${result.error.message}`);
-  expect(result.effects).to.have.length(1);
-  const reject = messageOf(result.effects, "Reject");
+  // Side 1 in a conflict also drops its own proposal at once (side 2 refuses it in turn).
+  const side1Conflict = code === "CONFLICT" && c.config.me === 1 && c.inflight !== null;
+  expect(result.effects).to.have.length(side1Conflict ? 2 : 1);
+  const reject = messageOf(result.effects.filter((e) => e.type === "send"), "Reject");
   expect(reject).to.deep.include({ type: "Reject", channelId: p.channelId, nonce, code });
   expect(reject.reason).to.be.a("string").and.not.empty;
+  if (side1Conflict) {
+    expect(result.effects[1]).to.deep.include({ type: "proposalRejected", ops: c.inflight!.ops });
+    const backoffUntil = c.backoffUntil >= now ? now + 1n : now;
+    expect(result.channel).to.deep.equal({ ...before, burnt: nonce, inflight: null, backoffUntil });
+    expect(c).to.deep.equal(before);
+    return { channel: result.channel, reject };
+  }
   const backoffUntil = code === "CONFLICT" && c.config.me === 2 ? now + CONFLICT_BACKOFF_SECONDS : c.backoffUntil;
   expect(result.channel).to.deep.equal({ ...before, burnt: nonce, backoffUntil });
   expect(c).to.deep.equal(before);
   return { channel: result.channel, reject };
 }
 
-/** The proposer's side of a refusal: the Reject drops its proposal and burns the nonce. */
+/**
+ * The proposer's side of a refusal: the Reject drops its proposal and burns the nonce. Side 1 of
+ * a conflict dropped its proposal already: the Reject then changes nothing.
+ */
 function dropsOnReject(c: ChannelData, reject: RejectMessage, now = T0): ChannelData {
+  if (c.inflight === null && c.config.me === 1 && reject.code === "CONFLICT") {
+    const r = ok(c, receive(reject), now);
+    expect(r.effects).to.deep.equal([]);
+    expect(r.channel).to.equal(c);
+    return c;
+  }
   const inflight = c.inflight;
   expect(inflight?.next.state.nonce).to.equal(reject.nonce);
   const r = ok(c, receive(reject), now);
@@ -695,10 +713,11 @@ describe("channel state machine", function () {
       // Neither countersigns: each has already signed its own state with this nonce.
       const r1 = refused(p1.channel, receive(m2), "CONFLICT");
       const r2 = refused(p2.channel, receive(m1), "CONFLICT");
-      expect(r1.channel.backoffUntil, "side 1 does not wait").to.equal(0n);
+      expect(r1.channel.backoffUntil, "side 1 does not wait (it notes the second of the conflict)").to.equal(T0);
       expect(r2.channel.backoffUntil).to.equal(T0 + CONFLICT_BACKOFF_SECONDS);
-      expect(r1.channel.inflight, "its own proposal waits for the partner's answer").to.deep.equal(p1.channel.inflight);
-      rejected(r1.channel, { type: "propose", ops: [pay(1n)] }, "BUSY");
+      expect(r1.channel.inflight, "side 1 drops its own proposal at once").to.equal(null);
+      expect(r2.channel.inflight, "side 2's waits for side 1's answer").to.deep.equal(p2.channel.inflight);
+      rejected(r2.channel, { type: "propose", ops: [pay(1n)] }, "BUSY");
       // Each drops its own proposal on the partner's Reject.
       const d1 = dropsOnReject(r1.channel, r2.reject);
       const d2 = dropsOnReject(r2.channel, r1.reject);
@@ -740,7 +759,7 @@ describe("channel state machine", function () {
       const p2 = ok(ch[2], { type: "propose", ops: [lock(5n, 1)] });
       const r1 = refused(p1.channel, receive(messageOf(p2.effects, "Propose")), "CONFLICT", T0 + 1n);
       const r2 = refused(p2.channel, receive(messageOf(p1.effects, "Propose")), "CONFLICT", T0 + 3n);
-      expect(r1.channel.backoffUntil).to.equal(0n);
+      expect(r1.channel.backoffUntil).to.equal(T0 + 1n);
       expect(r2.channel.backoffUntil, "side 2 yields from when it saw the conflict").to.equal(T0 + 3n + CONFLICT_BACKOFF_SECONDS);
       const d2 = dropsOnReject(r2.channel, r1.reject, T0 + 3n);
       const d1 = dropsOnReject(r1.channel, r2.reject, T0 + 3n);
@@ -768,8 +787,8 @@ describe("channel state machine", function () {
         expect(messageOf(again.effects, "Reject")).to.deep.include({ channelId: pair.channelId, nonce: n + 1n, code: "CONFLICT" });
       }
       // A Reject of a proposal already dropped changes nothing.
-      rejected(d1, receive(r2.reject), "UNEXPECTED_MESSAGE");
-      rejected(d2, receive(r1.reject), "UNEXPECTED_MESSAGE");
+      expect(ok(d1, receive(r2.reject)).channel).to.equal(d1);
+      expect(ok(d2, receive(r1.reject)).channel).to.equal(d2);
       // Each party's signatures at n+1 are over its own state only; none is fully signed.
       for (const [side, c, m] of [
         [1, d1, m1],
@@ -780,7 +799,21 @@ describe("channel state machine", function () {
       }
     });
 
-    for (const stuck of [1, 2] as const) {
+    it("side 1 in a second conflict within a second yields until the next second, so the two never loop", function () {
+      const { p1, p2, m2 } = crossing();
+      const r1 = refused(p1.channel, receive(m2), "CONFLICT");
+      expect(r1.channel.backoffUntil).to.equal(T0);
+      // Side 2 never saw side 1's proposals and proposes again above the burnt nonce, as does side 1.
+      const again1 = ok(r1.channel, { type: "propose", ops: [pay(10n, 1)] });
+      const d2 = dropsOnReject(p2.channel, r1.reject);
+      const again2 = ok(d2, { type: "propose", ops: [pay(20n, 2)] });
+      const second = refused(again1.channel, receive(messageOf(again2.effects, "Propose")), "CONFLICT");
+      expect(second.channel.backoffUntil).to.equal(T0 + 1n);
+      rejected(second.channel, { type: "propose", ops: [pay(10n, 1)] }, "BUSY");
+      ok(second.channel, { type: "propose", ops: [pay(10n, 1)] }, T0 + 1n);
+    });
+
+    for (const stuck of [2] as const) {
       it(`side ${stuck}, whose Reject was lost, drops its proposal when the partner proposes above it`, function () {
         const { base, p1, p2, m1, m2 } = crossing();
         const n = base[1].latest.state.nonce;
@@ -924,7 +957,9 @@ describe("channel state machine", function () {
       rejected(done.channel, receive(reject(nonce)), "UNEXPECTED_MESSAGE");
       // A matching one drops the proposal once; a duplicate then changes nothing.
       const d = dropsOnReject(p.channel, reject(nonce));
-      rejected(d, receive(reject(nonce)), "UNEXPECTED_MESSAGE");
+      const dup = ok(d, receive(reject(nonce)));
+      expect(dup.channel).to.equal(d);
+      expect(dup.effects).to.deep.equal([]);
       // Closed on chain: nothing waits any more.
       rejected(ok(p.channel, { type: "closedOnChain" }).channel, receive(reject(nonce)), "UNEXPECTED_MESSAGE");
     });

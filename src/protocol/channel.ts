@@ -20,7 +20,8 @@
  * No party ever signs two different states with the same nonce. A proposal the partner refuses
  * is answered with `Reject`, which burns its nonce on both sides; the proposer drops it and may
  * propose again above it. When both sides propose the same nonce at once, each refuses the
- * other's (CONFLICT); side 2 then yields for a moment so that side 1's retry goes first.
+ * other's (CONFLICT); side 1 proposes again at once, and side 2 yields until it has countersigned
+ * that (or for a moment, if nothing comes), then proposes its own on the Countersign.
  */
 import {
   cooperativeCloseDigestBytes,
@@ -123,7 +124,10 @@ export interface ChannelData {
    * different content, so the next proposal goes above it (see `Reject`).
    */
   burnt: bigint;
-  /** Side 2 waits until then before proposing again after a conflict, so side 1 goes first. */
+  /**
+   * No proposal before then. Side 2 waits after a conflict, so that side 1 goes first; side 1
+   * notes the second of a conflict here, and waits only after a second one in that second.
+   */
   backoffUntil: bigint;
 }
 
@@ -627,7 +631,19 @@ function receivePropose(c: ChannelData, m: Extract<ChannelMessage, { type: "Prop
     const r = rejectProposal(c, m.state.nonce, code, reason, deps);
     return r.ok ? { ...r, effects: [...dropped, ...r.effects] } : r;
   };
-  if (c.inflight) return refuse("CONFLICT", "both sides proposed the same nonce");
+  if (c.inflight) {
+    if (me === 2) return refuse("CONFLICT", "both sides proposed the same nonce");
+    // Side 1: side 2 refuses this node's proposal in turn (it holds its own with this nonce), so
+    // it is dropped now and its operations go again above the burnt nonce, without waiting for
+    // that Reject; side 2 yields until it sees them.
+    // A second conflict within a second (side 2 keeps proposing without seeing this node's
+    // proposals): yield until the next second instead, so the two never loop.
+    const own = c.inflight;
+    c = { ...c, inflight: null, backoffUntil: c.backoffUntil >= deps.now ? deps.now + 1n : deps.now };
+    const r = refuse("CONFLICT", "both sides proposed the same nonce; side 1 proposes again");
+    const error: ChannelError = { code: "CONFLICT", message: "both sides proposed the same nonce" };
+    return r.ok ? { ...r, effects: [...r.effects, { type: "proposalRejected", ops: own.ops, error }] } : r;
+  }
   if (c.status !== "open" || c.closeTerms) return refuse("NOT_OPEN", `channel is ${c.status}`);
   const applied = applyOps(c, m.ops, them, deps);
   if (!applied.ok) return refuse(applied.error.code, applied.error.message);
@@ -686,6 +702,8 @@ function rejectProposal(c: ChannelData, nonce: bigint, code: ChannelErrorCode, r
 function receiveReject(c: ChannelData, m: Extract<ChannelMessage, { type: "Reject" }>): Transition {
   const inflight = c.inflight;
   if (!inflight || typeof m.nonce !== "bigint" || inflight.next.state.nonce !== m.nonce) {
+    // Side 1 drops its side of a conflict before side 2's Reject comes: nothing left to do.
+    if (typeof m.nonce === "bigint" && m.nonce <= c.burnt && m.nonce > c.latest.state.nonce) return { ok: true, channel: c, effects: [] };
     return fail("UNEXPECTED_MESSAGE", `no proposal with nonce ${String(m.nonce)} is waiting`);
   }
   const code: ChannelErrorCode = typeof m.code === "string" ? m.code : "STATE_MISMATCH";
