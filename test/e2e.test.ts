@@ -5,6 +5,7 @@
  * so a failure points at one step. Needs dist/ built (`npx tsc -p .`).
  */
 import { expect } from "chai";
+import { keccak256 } from "ethers";
 import { WebSocket } from "ws";
 import {
   Cluster,
@@ -232,6 +233,27 @@ describe("end to end: hub and users as daemons on the embedded chain", function 
       expect(await channelBalance(alice)).to.equal(a0 - 5n * T);
       expect(await channelBalance(bob)).to.equal(b0 + 5n * T);
       expect((await alice.payment(paymentId)).outgoing).to.include({ amount: s(5n * T), status: "completed" });
+    });
+
+    it("payment.invoice: bob asks, alice pays his secret hash, and her completed payment carries the secret", async () => {
+      const [a0, b0] = [await channelBalance(alice), await channelBalance(bob)];
+      const invoice = await bob.rpc.call("payment.invoice", { amount: s(3n * T), expiresInSeconds: 600 });
+      expect(invoice.target).to.equal(bob.address);
+      expect(invoice.secretHash).to.match(/^0x[0-9a-f]{64}$/);
+      const paymentId = randomId();
+      const p = await alice.rpc.call("payment.pay", { paymentId, to: bob.address, amount: s(3n * T), secretHash: invoice.secretHash });
+      expect(p).to.include({ status: "completed", secretHash: invoice.secretHash });
+      expect(p.secret).to.match(/^0x[0-9a-f]{64}$/);
+      expect(keccak256(p.secret as string)).to.equal(invoice.secretHash);
+      await waitFor(async () => (await bob.payment(paymentId)).incoming.some((x) => x.status === "received"), "bob records the payment");
+      await eventually(() => channelBalance(alice), a0 - 3n * T, "alice paid 3");
+      await eventually(() => channelBalance(bob), b0 + 3n * T, "bob got 3");
+      // An invoice is paid once: a second lock with its hash is not unlocked (alice cannot reuse it either).
+      const again = await rpcError(alice.rpc.call("payment.pay", { paymentId: randomId(), to: bob.address, amount: s(3n * T), secretHash: invoice.secretHash }));
+      expect(again.code).to.equal(-32009);
+      expect(again.appCode).to.equal("CONFLICT");
+      const bad = await rpcError(bob.rpc.call("payment.invoice", { amount: "0" }));
+      expect(bad.code).to.equal(-32602);
     });
 
     it("more than the available balance is INSUFFICIENT_BALANCE (-32010) and changes nothing", async () => {
