@@ -661,9 +661,15 @@ describe("rpc", function () {
       expect(server.publish("payment", payment(ALICE, 1n))).to.equal(0);
     });
 
-    it("refuses to publish unknown events or payloads that break the schema", function () {
+    it("refuses to publish unknown events or payloads that break the schema", async function () {
       expect(() => server.publish("nope", {})).to.throw(/unknown event/);
+      // With no subscriber nothing is encoded or checked; with one, a bad payload is refused.
+      expect(server.publish("payment", { ...payment(ALICE, 1n), amount: -1n })).to.equal(0);
+      const c = await RawClient.open(server.url);
+      expectResult(await c.request("subscribe", { event: "payment" }));
       expect(() => server.publish("payment", { ...payment(ALICE, 1n), amount: -1n })).to.throw(/does not match/);
+      c.ws.close();
+      await eventually(() => server.connectionCount === 0);
     });
 
     it("never sends a notification before the subscribe response", async function () {

@@ -13,7 +13,6 @@ import {
   type EventMapOf,
   type MethodMapOf,
 } from "../rpc/index.js";
-import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
 import type { Address, Hex } from "../protocol/types.js";
 import type { StarlingNode } from "./node.js";
 
@@ -54,20 +53,12 @@ const paymentSchema = z.object({
   target: z.string().optional().describe("outgoing: the payee"),
   initiator: z.string().optional().describe("incoming: the payer, as the routing metadata claims"),
   secretHash: z.string().nullable(),
-  secret: z.string().optional().describe("outgoing transfer, once completed: the secret, the payee's receipt (never shown before)"),
+  secret: z
+    .string()
+    .nullable()
+    .optional()
+    .describe("outgoing transfer: its secret (made by this node; for an invoice, learnt from the unlock: the payee's receipt)"),
 });
-
-/**
- * A payment as the API shows it: the secret of an outgoing transfer only once it completed (the
- * payee and the hub know it then; before, it would let whoever saw it claim the payer's lock).
- */
-export function publicPayment(p: OutgoingPayment | IncomingPayment): PublicPayment {
-  if (p.direction === "in") return p;
-  const { secret, ...rest } = p;
-  return p.status === "completed" && secret ? { ...rest, secret } : rest;
-}
-
-export type PublicPayment = IncomingPayment | (Omit<OutgoingPayment, "secret"> & { secret?: Hex });
 
 /** Every method, bound to a node. */
 export function nodeMethods(node: StarlingNode) {
@@ -153,7 +144,7 @@ export function nodeMethods(node: StarlingNode) {
       description: "Hub only: issues value to a user directly (one channel update, no lock).",
       handler: async (p) => {
         const payment = await node.issue(p.paymentId as Hex, p.to as Address, p.amount);
-        return publicPayment(payment.status === "pending" ? await node.waitForPayment(payment.paymentId, 30_000) : payment);
+        return payment.status === "pending" ? node.waitForPayment(payment.paymentId, 30_000) : payment;
       },
     }),
     defineMethod({
@@ -174,14 +165,14 @@ export function nodeMethods(node: StarlingNode) {
         "Without secretHash this node makes the secret and reveals it when the payee asks; with an invoice's secretHash the payee holds it, which saves a round trip.",
       handler: async (p) => {
         const payment = await node.pay(p.paymentId as Hex, p.to as Address, p.amount, p.secretHash as Hex | undefined);
-        if (p.wait === false || payment.status !== "pending") return publicPayment(payment);
-        return publicPayment(await node.waitForPayment(payment.paymentId, p.timeoutMs ?? 30_000));
+        if (p.wait === false || payment.status !== "pending") return payment;
+        return node.waitForPayment(payment.paymentId, p.timeoutMs ?? 30_000);
       },
     }),
     defineMethod({
       name: "payment.invoice",
       params: z.object({
-        amount: amountSchema.describe("The least a payment must lock to be accepted (base units)"),
+        amount: amountSchema.refine((a) => a > 0n, "an invoice asks for a positive amount").describe("The least a payment must lock to be accepted (base units)"),
         expiresInSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional().describe("How long the invoice is open (default 3600)"),
       }),
       result: z.object({ secretHash: hash32Schema, amount: wireAmount, expiresAt: wireAmount, target: addressSchema }),
@@ -194,10 +185,7 @@ export function nodeMethods(node: StarlingNode) {
       name: "payment.get",
       params: z.object({ paymentId: hash32Schema }),
       description: "A payment's status: the outgoing one with this id, and any incoming ones.",
-      handler: async (p) => {
-        const { outgoing, incoming } = await node.payment(p.paymentId as Hex);
-        return { outgoing: outgoing && publicPayment(outgoing), incoming: incoming.map(publicPayment) };
-      },
+      handler: async (p) => node.payment(p.paymentId as Hex),
     }),
     defineMethod({
       name: "balances",
@@ -210,7 +198,7 @@ export function nodeMethods(node: StarlingNode) {
       name: "history",
       params: z.object({ limit: z.number().int().min(1).max(10_000).optional().describe("Newest first; default 100") }),
       description: "Recent payments, outgoing and incoming, newest first.",
-      handler: async (p) => (await node.history(p.limit ?? 100)).map(publicPayment),
+      handler: async (p) => node.history(p.limit ?? 100),
     }),
   ] as const;
 }

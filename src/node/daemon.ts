@@ -10,7 +10,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
 import { dataPath, type Config } from "../config.js";
 import { unlockKeystore } from "../keystore.js";
 import { RpcServer } from "../rpc/index.js";
-import { nodeRegistry, publicPayment } from "./api.js";
+import { nodeRegistry } from "./api.js";
 import { StarlingNode, type NodeStats } from "./node.js";
 
 export interface Daemon {
@@ -57,9 +57,9 @@ export async function startDaemon(config: Config, password: string, logger = cre
     await node.stop();
     throw err;
   }
-  node.events.on("paymentReceived", (p) => rpc.publish("payment.received", publicPayment(p)));
-  node.events.on("paymentSent", (p) => rpc.publish("payment.sent", publicPayment(p)));
-  node.events.on("paymentFailed", (p) => rpc.publish("payment.failed", publicPayment(p)));
+  node.events.on("paymentReceived", (p) => rpc.publish("payment.received", p));
+  node.events.on("paymentSent", (p) => rpc.publish("payment.sent", p));
+  node.events.on("paymentFailed", (p) => rpc.publish("payment.failed", p));
   node.events.on("channelChanged", (c) => rpc.publish("channel.changed", c));
   const metrics = config.metricsPort ? await startMetrics(config.metricsPort, node) : undefined;
   logger.info({ rpc: rpc.url, metrics: config.metricsPort ? `http://127.0.0.1:${config.metricsPort}/metrics` : null }, "serving");

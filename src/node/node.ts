@@ -49,6 +49,8 @@ import { NodeError } from "./errors.js";
 const TRANSFERS_KEY = "transfers";
 /** The transfer state, one meta record per entry. */
 const TRANSFERS_PREFIX = "transfer!";
+/** `paidHash!<secretHash>` -> payment id: invoices this node paid (see `startPayment`). */
+const PAID_HASH_PREFIX = "paidHash!";
 const CURSOR_KEY = "chainCursor";
 const PEERS_KEY = "peers";
 
@@ -334,6 +336,12 @@ export class StarlingNode {
     // The state before each new one goes with it: the watchtower's seal is keyed by it.
     const towerWrites = this.tower?.track(r.persist.channels) ?? [];
     if (towerWrites.length > 0) (batch.meta ??= []).push(...towerWrites);
+    // A secret hash this node paid: the hub (and anyone on the way) knows its secret now.
+    for (const e of r.events) {
+      if (e.type === "paymentSent" && e.payment.kind === "transfer" && e.payment.secretHash) {
+        (batch.meta ??= []).push({ key: PAID_HASH_PREFIX + e.payment.secretHash.toLowerCase(), value: e.payment.paymentId });
+      }
+    }
   }
 
   /** After a step's writes are durable (in step order): send, then act on what happened. */
@@ -771,7 +779,15 @@ export class StarlingNode {
     const kind = input.type === "pay" ? "transfer" : "issue";
     const r = await this.steps.queue(async () => {
       const prior = await this.finishedPayment(input.paymentId, { kind, target: input.target, amount: input.amount });
-      return prior ? { skip: prior } : input;
+      if (prior) return { skip: prior };
+      if (input.type === "pay" && input.secretHash !== undefined) {
+        // Paid once, its secret is known to the hub: a second lock with it could be taken on the way.
+        const paidBy = await this.store.getMeta<Hex>(PAID_HASH_PREFIX + input.secretHash.toLowerCase());
+        if (paidBy !== undefined) {
+          throw new NodeError("CONFLICT", `this invoice was paid already (payment ${paidBy}); paying its hash again could be taken by the hub without reaching the payee`);
+        }
+      }
+      return input;
     });
     if (!("persist" in r)) return r;
     if (!r.ok || !r.payment) throw NodeError.from(r.error);

@@ -225,6 +225,8 @@ export class RpcServer {
   publish(event: string, payload: unknown): number {
     const def = this.registry.getEvent(event);
     if (def === undefined) throw new Error(`unknown event "${event}"`);
+    // Nobody listening: skip the encoding and the schema check (a busy hub publishes on every update).
+    if ((this.subsByEvent.get(event)?.size ?? 0) === 0) return 0;
     const wireJson = stringifyWire(payload);
     const parsed = def.payload.safeParse(JSON.parse(wireJson));
     if (!parsed.success) {
