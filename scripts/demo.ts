@@ -12,6 +12,7 @@
  *      agree, every user holds what the payments say, and the token supply grew by exactly what
  *      users took out of the hubs' credit. Exit code 1 if anything does not add up.
  */
+import { keccak256 } from "ethers";
 import { Cluster, randomId as id, waitFor, type ChannelWire } from "../src/devkit/cluster.js";
 
 const keep = process.argv.includes("--keep");
@@ -74,6 +75,15 @@ async function main(cluster: Cluster): Promise<number> {
   await alice.rpc.call("payment.pay", { paymentId: repeatId, to: bob.address, amount: (5n * T).toString() });
   console.log("the same payment id sent twice paid once (5 tokens)");
 
+  step("an invoice: bob asks for 7 tokens, alice pays its secret hash; bob unlocks on arrival");
+  const invoice = (await bob.rpc.call("payment.invoice", { amount: (7n * T).toString() })) as { secretHash: string };
+  const paid = (await alice.rpc.call("payment.pay", { paymentId: id(), to: bob.address, amount: (7n * T).toString(), secretHash: invoice.secretHash })) as {
+    status: string;
+    secret?: string | null;
+  };
+  if (paid.status !== "completed" || !paid.secret || keccak256(paid.secret) !== invoice.secretHash) throw new Error(`invoice payment ended ${paid.status} without its receipt`);
+  console.log(`status: ${paid.status}; alice's receipt, the secret only bob knew: ${paid.secret.slice(0, 18)}...`);
+
   step("across two hubs: alice pays carol 25 tokens (A -> hub1 -> hub2 -> C)");
   const cross = (await alice.rpc.call("payment.pay", { paymentId: id(), to: carol.address, amount: (25n * T).toString() })) as { status: string };
   console.log(`status: ${cross.status}`);
@@ -86,8 +96,8 @@ async function main(cluster: Cluster): Promise<number> {
 
   step("final balances");
   const expected = new Map<string, { onChain: bigint; offChain: bigint }>([
-    [alice.name, { onChain: 0n, offChain: (50n + 1000n - 50n - 5n - 25n) * T }],
-    [bob.name, { onChain: 100n * T, offChain: (200n + 50n + 5n - 100n) * T }],
+    [alice.name, { onChain: 0n, offChain: (50n + 1000n - 50n - 5n - 7n - 25n) * T }],
+    [bob.name, { onChain: 100n * T, offChain: (200n + 50n + 5n + 7n - 100n) * T }],
     [carol.name, { onChain: (10n + 25n) * T, offChain: 0n }],
   ]);
   let ok = true;
