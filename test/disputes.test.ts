@@ -26,7 +26,7 @@ import {
 } from "../src/devkit/cluster.js";
 import { artifact } from "../src/chain/artifacts.js";
 import { DEFAULT_TRANSFER_POLICY } from "../src/protocol/transfer.js";
-import { eventually, rpcError } from "./helpers/daemon-asserts.js";
+import { agreed, eventually, rpcError } from "./helpers/daemon-asserts.js";
 
 const T = 10n ** 18n;
 const HUB_DEPOSIT = 1_000n * T; // hub.depositPerChannel of both hubs
@@ -61,39 +61,6 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
     return cluster;
   };
 
-  /**
-   * Both ends' views of their channel, once they agree on the newest state; with `idle`, once
-   * no lock is pending either (a payer may see its payment complete before the payee's unlock).
-   */
-  async function agreed(
-    a: ClusterNode,
-    b: ClusterNode,
-    opts: { idle?: boolean; timeoutMs?: number } = {},
-  ): Promise<{ mine: ChannelWire; theirs: ChannelWire }> {
-    let pair: { mine: ChannelWire; theirs: ChannelWire } | undefined;
-    await waitFor(
-      async () => {
-        const mine = await a.channelWith(b);
-        const theirs = await b.channelWith(a);
-        if (!mine || !theirs) return false;
-        pair = { mine, theirs };
-        return (
-          mine.status === theirs.status &&
-          mine.nonce === theirs.nonce &&
-          mine.balance === theirs.partnerBalance &&
-          mine.partnerBalance === theirs.balance &&
-          mine.locked === theirs.partnerLocked &&
-          mine.partnerLocked === theirs.locked &&
-          mine.withdrawn === theirs.partnerWithdrawn &&
-          mine.deposit === theirs.partnerDeposit &&
-          (!opts.idle || (mine.locked === "0" && mine.partnerLocked === "0"))
-        );
-      },
-      `${a.name} and ${b.name} agree on their channel${opts.idle ? " with no lock pending" : ""}`,
-      opts.timeoutMs ?? 20_000,
-    );
-    return pair!;
-  }
 
   const channelOf = async (a: ClusterNode, b: ClusterNode): Promise<ChannelWire> => {
     const ch = await a.channelWith(b);

@@ -19,7 +19,7 @@ import {
 } from "../src/devkit/cluster.js";
 import { RpcClient } from "../src/rpc/index.js";
 import type { NodeEventMap, NodeMethods } from "../src/node/api.js";
-import { eventually, rpcError } from "./helpers/daemon-asserts.js";
+import { agreed, eventually, rpcError } from "./helpers/daemon-asserts.js";
 
 const T = 10n ** 18n; // one token in base units
 const HUB_FUNDS = 10_000n * T;
@@ -73,29 +73,6 @@ describe("end to end: hub and users as daemons on the embedded chain", function 
     return cluster;
   };
 
-  /** Both ends' views of the channel between `a` and `b`, once they agree on the newest state. */
-  async function agreed(a: ClusterNode, b: ClusterNode): Promise<{ mine: ChannelWire; theirs: ChannelWire }> {
-    let pair: { mine: ChannelWire; theirs: ChannelWire } | undefined;
-    await waitFor(
-      async () => {
-        const mine = await a.channelWith(b);
-        const theirs = await b.channelWith(a);
-        if (!mine || !theirs) return false;
-        pair = { mine, theirs };
-        return (
-          mine.status === theirs.status &&
-          mine.nonce === theirs.nonce &&
-          mine.balance === theirs.partnerBalance &&
-          mine.partnerBalance === theirs.balance &&
-          mine.withdrawn === theirs.partnerWithdrawn &&
-          mine.deposit === theirs.partnerDeposit
-        );
-      },
-      `${a.name} and ${b.name} agree on their channel`,
-      15_000,
-    );
-    return pair!;
-  }
 
   const pay = (from: ClusterNode, to: ClusterNode, amount: bigint, paymentId = randomId()) =>
     from.rpc.call("payment.pay", { paymentId, to: to.address, amount: s(amount) });

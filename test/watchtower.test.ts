@@ -208,6 +208,16 @@ describe("watchtower", function () {
     return { p, backup, hs, vs };
   }
 
+  /** The victim hands its channel (with a revoked state the hub keeps) to `tower`, then goes offline. */
+  async function handedOffThenOffline(victim: HDNodeWallet, tower: Watchtower) {
+    const victimSide = await startVictim(victim, tower, []);
+    const r = await revokedBackup(victim, victimSide.observe);
+    await waitFor("the hand-off", async () => (await recordOf(tower, r.p.id, victim))?.revocation?.revokedBelow === 3n);
+    await victimSide.client.stop();
+    await victimSide.transport.stop();
+    return r;
+  }
+
   async function cheat(p: Pair, backup: ChannelData, victim: HDNodeWallet): Promise<void> {
     const vs = sideOf(p, victim);
     const sig = vs === 1 ? backup.latest.sig1 : backup.latest.sig2;
@@ -267,11 +277,7 @@ describe("watchtower", function () {
   it("penalises a partner that closes with a revoked state while the victim is offline", async function () {
     const victim = h.wallet(3);
     const tower = await startTower(tempDir());
-    const victimSide = await startVictim(victim, tower, []);
-    const { p, backup } = await revokedBackup(victim, victimSide.observe);
-    await waitFor("the hand-off", async () => (await recordOf(tower, p.id, victim))?.revocation?.revokedBelow === 3n);
-    await victimSide.client.stop();
-    await victimSide.transport.stop();
+    const { p, backup } = await handedOffThenOffline(victim, tower);
 
     const before = await h.balanceOf(victim.address);
     await cheat(p, backup, victim);
@@ -360,11 +366,7 @@ describe("watchtower", function () {
     const victim = h.wallet(6);
     const dir = tempDir();
     let tower = await startTower(dir);
-    const victimSide = await startVictim(victim, tower, []);
-    const { p, backup } = await revokedBackup(victim, victimSide.observe);
-    await waitFor("the hand-off", async () => (await recordOf(tower, p.id, victim))?.revocation?.revokedBelow === 3n);
-    await victimSide.client.stop();
-    await victimSide.transport.stop();
+    const { p, backup } = await handedOffThenOffline(victim, tower);
     await tower.stop();
 
     const before = await h.balanceOf(victim.address);
@@ -381,11 +383,7 @@ describe("watchtower", function () {
     // A tower whose gas account is empty sees the close but cannot send.
     const key = Wallet.createRandom();
     let tower = await startTower(dir, key);
-    const victimSide = await startVictim(victim, tower, []);
-    const { p, backup } = await revokedBackup(victim, victimSide.observe);
-    await waitFor("the hand-off", async () => (await recordOf(tower, p.id, victim))?.revocation?.revokedBelow === 3n);
-    await victimSide.client.stop();
-    await victimSide.transport.stop();
+    const { p, backup } = await handedOffThenOffline(victim, tower);
 
     const before = await h.balanceOf(victim.address);
     await cheat(p, backup, victim);

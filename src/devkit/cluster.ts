@@ -160,24 +160,18 @@ function terminate(child: ChildProcess, signal: NodeJS.Signals, graceMs = 10_000
   });
 }
 
-/** One daemon of the cluster; its process and RPC client change across restarts. */
-export class ClusterNode {
-  /** Lowercase, as the node reports it. */
+/** A process of the cluster with its own key, data directory and log; restarted in place. */
+abstract class ClusterProcess {
+  /** Lowercase, as the process reports it. */
   readonly address: string;
   readonly dataDir: string;
   readonly logFile: string;
-  peerId = "";
   multiaddr = "";
   process: ChildProcess | undefined;
-  /** Extra environment of the daemon from its next start on (e.g. STARLING_CLOCK_OFFSET_SECONDS). */
-  env: Record<string, string> = {};
-  private client: NodeClient | undefined;
 
   constructor(
     readonly name: string,
-    readonly role: NodeRole,
     readonly wallet: HDNodeWallet,
-    readonly rpcPort: number,
     readonly p2pPort: number,
     dir: string,
   ) {
@@ -188,6 +182,25 @@ export class ClusterNode {
 
   get running(): boolean {
     return this.process !== undefined && !exited(this.process);
+  }
+}
+
+/** One daemon of the cluster; its process and RPC client change across restarts. */
+export class ClusterNode extends ClusterProcess {
+  peerId = "";
+  /** Extra environment of the daemon from its next start on (e.g. STARLING_CLOCK_OFFSET_SECONDS). */
+  env: Record<string, string> = {};
+  private client: NodeClient | undefined;
+
+  constructor(
+    name: string,
+    readonly role: NodeRole,
+    wallet: HDNodeWallet,
+    readonly rpcPort: number,
+    p2pPort: number,
+    dir: string,
+  ) {
+    super(name, wallet, p2pPort, dir);
   }
 
   /** The node's RPC client; throws while the node is not running. */
@@ -258,29 +271,7 @@ export class ClusterNode {
 }
 
 /** A `starling watchtower` process of the cluster (its log at debug level, so hand-offs show). */
-export class ClusterTower {
-  /** Lowercase. */
-  readonly address: string;
-  readonly dataDir: string;
-  readonly logFile: string;
-  multiaddr = "";
-  process: ChildProcess | undefined;
-
-  constructor(
-    readonly name: string,
-    readonly wallet: HDNodeWallet,
-    readonly p2pPort: number,
-    dir: string,
-  ) {
-    this.address = wallet.address.toLowerCase();
-    this.dataDir = join(dir, name);
-    this.logFile = join(dir, `${name}.log`);
-  }
-
-  get running(): boolean {
-    return this.process !== undefined && !exited(this.process);
-  }
-
+export class ClusterTower extends ClusterProcess {
   /** The `watchtower` config section of a node that hands its channels to this tower. */
   get peer(): { address: string; multiaddrs: string[] } {
     if (!this.multiaddr) throw new Error(`${this.name} has not been started yet`);

@@ -1,7 +1,7 @@
 /** Assertions shared by the tests that drive real daemons. */
 import { expect } from "chai";
 import { isDeepStrictEqual } from "node:util";
-import { waitFor } from "../../src/devkit/cluster.js";
+import { waitFor, type ChannelWire, type ClusterNode } from "../../src/devkit/cluster.js";
 import { RpcClientError } from "../../src/rpc/index.js";
 
 /** The RpcClientError a call fails with; fails the test if it succeeds. */
@@ -30,4 +30,38 @@ export async function eventually<V>(read: () => Promise<V>, expected: V, what: s
     timeoutMs,
   ).catch(() => undefined);
   expect(last, what).to.deep.equal(expected);
+}
+
+/**
+ * Both ends' views of their channel, once they agree on the newest state; with `idle`, once
+ * no lock is pending either (a payer may see its payment complete before the payee's unlock).
+ */
+export async function agreed(
+  a: ClusterNode,
+  b: ClusterNode,
+  opts: { idle?: boolean; timeoutMs?: number } = {},
+): Promise<{ mine: ChannelWire; theirs: ChannelWire }> {
+  let pair: { mine: ChannelWire; theirs: ChannelWire } | undefined;
+  await waitFor(
+    async () => {
+      const mine = await a.channelWith(b);
+      const theirs = await b.channelWith(a);
+      if (!mine || !theirs) return false;
+      pair = { mine, theirs };
+      return (
+        mine.status === theirs.status &&
+        mine.nonce === theirs.nonce &&
+        mine.balance === theirs.partnerBalance &&
+        mine.partnerBalance === theirs.balance &&
+        mine.locked === theirs.partnerLocked &&
+        mine.partnerLocked === theirs.locked &&
+        mine.withdrawn === theirs.partnerWithdrawn &&
+        mine.deposit === theirs.partnerDeposit &&
+        (!opts.idle || (mine.locked === "0" && mine.partnerLocked === "0"))
+      );
+    },
+    `${a.name} and ${b.name} agree on their channel${opts.idle ? " with no lock pending" : ""}`,
+    opts.timeoutMs ?? 20_000,
+  );
+  return pair!;
 }
