@@ -5,7 +5,7 @@ import os from "node:os";
 import path from "node:path";
 import { Level } from "level";
 import { DecodeError, EncodeError, decode, encode } from "../src/store/codec.js";
-import { CorruptValueError, LevelStore, MemoryStore, StoreClosedError, type Store } from "../src/store/store.js";
+import { CorruptValueError, LAZY_ACK_MS, LevelStore, MemoryStore, StoreClosedError, type Store } from "../src/store/store.js";
 
 describe("store codec", () => {
   const leaf = fc.oneof(
@@ -364,6 +364,41 @@ function storeSuite(name: string, makeDisk: () => Disk): void {
       expect(r.outboxSeqs).to.deep.equal([4n]);
       expect((await store.listOutbox("p")).map((e) => e.seq)).to.deep.equal([1n, 3n]);
       expect(await rejection(store.commit({ outboxAck: [{ peer: "p", seq: -1n }] }))).to.be.instanceOf(TypeError);
+    });
+
+    it("acks later: the delete rides with the next commit, or is written on a timer, or at close", async () => {
+      await store.commit({ outboxAdd: [1, 2, 3, 4].map((n) => ({ peer: "p", message: n })) });
+      const seqs = async () => (await store.listOutbox("p")).map((e) => e.seq);
+      const w0 = store.stats.writes;
+      store.ackLater("p", 1n);
+      expect(() => store.ackLater("p", -1n)).to.throw(TypeError);
+      await store.commit({ channels: [{ channelId: "x", record: 1n }] });
+      expect(store.stats.writes - w0).to.equal(1);
+      expect(await seqs()).to.deep.equal([2n, 3n, 4n]);
+
+      store.ackLater("p", 2n);
+      await new Promise((r) => setTimeout(r, LAZY_ACK_MS + 100));
+      expect(store.stats.writes - w0).to.equal(2);
+      expect(await seqs()).to.deep.equal([3n, 4n]);
+
+      store.ackLater("p", 3n);
+      await restart();
+      expect(await seqs()).to.deep.equal([4n]);
+      await store.close();
+      expect(() => store.ackLater("p", 4n)).to.throw(StoreClosedError);
+      await store.open();
+      expect(await seqs()).to.deep.equal([4n]);
+    });
+
+    it("writes nothing for a message added and acked in one write", async () => {
+      await store.commit({ outboxAdd: [{ peer: "p", message: 0 }] });
+      const before = store.stats.writeBytes;
+      const big = "x".repeat(10_000);
+      const added = store.commit({ outboxAdd: [{ peer: "p", message: big }] });
+      store.ackLater("p", 2n);
+      await Promise.all([added, store.commit({})]);
+      expect(store.stats.writeBytes - before).to.be.lessThan(200);
+      expect((await store.listOutbox("p")).map((e) => e.seq)).to.deep.equal([1n]);
     });
 
     it("lists the outbox in numeric seq order per peer, past 0x10 and 0x100", async () => {

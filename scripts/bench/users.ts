@@ -171,7 +171,7 @@ export class BenchUser {
       const seq = seqs[i]!;
       const peer = `${this.address}>${o.to}`;
       this.transport.send(o.to, o.envelope).then(
-        () => this.#store.commit({ outboxAck: [{ peer, seq }] }),
+        () => this.#store.ackLater(peer, seq),
         () => {
           this.#counters.sendFailures++;
         },

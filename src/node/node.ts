@@ -361,7 +361,7 @@ export class StarlingNode {
     if (this.stopped) return;
     try {
       await this.transport.send(peer, envelope);
-      await this.store.commit({ outboxAck: [{ peer, seq }] });
+      this.store.ackLater(peer, seq);
     } catch (err) {
       // Stays in the outbox; re-sent when the peer (re)connects.
       this.log.debug({ peer, seq: seq.toString(), err: String(err) }, "message not acknowledged yet");

@@ -49,7 +49,16 @@ export interface Store {
    * returns; the promise resolves once the writes are in the database.
    */
   commit(batch: Batch): Promise<CommitResult>;
+  /**
+   * Deletes a delivered outbox message without a database write of its own: the delete rides
+   * with the next commit, or is written within {@link LAZY_ACK_MS}, and at close. A crash may lose
+   * it; the message is then sent again on restart, and receivers drop repeats.
+   */
+  ackLater(peer: string, seq: bigint): void;
 }
+
+/** Longest a lazy ack ({@link Store.ackLater}) waits for a commit to ride with. */
+export const LAZY_ACK_MS = 200;
 
 /**
  * Writes of one transition. Applied in this order, so within one batch a delete of a payment
@@ -203,6 +212,9 @@ class KeyValueStore implements Store {
   private readonly nextSeq = new Map<string, bigint>();
   private pending: Group | null = null;
   private flushing: Promise<void> | null = null;
+  /** Outbox deletes waiting to ride with the next write (see ackLater). */
+  private lazyAcks: WriteOp[] = [];
+  private lazyTimer: NodeJS.Timeout | null = null;
   private commitCount = 0;
   private writeCount = 0;
   private writeBytes = 0;
@@ -240,6 +252,7 @@ class KeyValueStore implements Store {
   async close(): Promise<void> {
     if (this.state === "closed") return;
     if (this.state !== "open") throw new Error(`${this.backend.description} is ${this.state}`);
+    if (this.lazyAcks.length > 0) void this.commit({}).catch(() => undefined);
     this.state = "closing";
     try {
       while (this.flushing) await this.flushing;
@@ -335,7 +348,17 @@ class KeyValueStore implements Store {
     }
 
     const group: Group = (this.pending ??= { ops: new Map(), peers: new Set(), waiters: [] });
-    for (const op of ops) group.ops.set(op.key, op);
+    if (this.lazyAcks.length > 0) {
+      ops.unshift(...this.lazyAcks);
+      this.lazyAcks = [];
+      if (this.lazyTimer) clearTimeout(this.lazyTimer);
+      this.lazyTimer = null;
+    }
+    for (const op of ops) {
+      // A message added and acked within one group never reaches the disk (seqs are never reused).
+      if (op.type === "del" && op.key.startsWith(OUTBOX) && group.ops.get(op.key)?.type === "put") group.ops.delete(op.key);
+      else group.ops.set(op.key, op);
+    }
     for (const [peer, next] of assigned) {
       this.nextSeq.set(peer, next);
       group.peers.add(peer);
@@ -346,6 +369,18 @@ class KeyValueStore implements Store {
     // the turn), so that commits issued by every message handled in the turn share one write.
     this.flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.flush());
     return done;
+  }
+
+  ackLater(peer: string, seq: bigint): void {
+    if (this.state !== "open") throw this.closedError();
+    this.lazyAcks.push({ type: "del", key: outboxKey(checkString(peer, "outbox peer"), checkSeq(seq, "outbox seq")) });
+    if (this.lazyTimer === null) {
+      this.lazyTimer = setTimeout(() => {
+        this.lazyTimer = null;
+        if (this.state === "open" && this.lazyAcks.length > 0) void this.commit({}).catch(() => undefined);
+      }, LAZY_ACK_MS);
+      this.lazyTimer.unref();
+    }
   }
 
   /** Writes pending groups one at a time; commits arriving during a write join the next group. */
