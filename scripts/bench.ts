@@ -8,7 +8,8 @@
  *   options: --users N  --window N (payments in flight per payer; default 16 quick, 8 full)  --scale N (channels)
  *            --no-invoices (payers make the secrets: a SecretRequest/SecretReveal round per payment)
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
- *            --skip-payments  --skip-scale  --skip-gas
+ *            --latency-samples N (one-at-a-time payments measured, default 200 quick / 500 full,
+ *            after 300 / 500 unmeasured ones)  --skip-payments  --skip-scale  --skip-gas
  *
  * What is measured (docs/performance.md explains each figure and how to reproduce it):
  *   throughput   payers pay payees A -> hub -> B with a fixed number of payments in flight each;
@@ -62,7 +63,7 @@ const CFG = {
   invoices: !flag("--no-invoices"),
   latencySamples: num("--latency-samples", QUICK ? 200 : 500),
   /** One-at-a-time payments made first and not measured: until V8 has optimised the unbatched path. */
-  latencyWarmup: QUICK ? 400 : 500,
+  latencyWarmup: QUICK ? 300 : 500,
   warmupMs: QUICK ? 1500 : 5000,
   windows: QUICK ? 3 : 5,
   windowMs: QUICK ? 2000 : 6000,
