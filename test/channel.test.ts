@@ -1272,8 +1272,27 @@ describe("channel state machine", function () {
       const otherTerms = { ...m2.terms, balance1: m2.terms.balance1 - 1n, balance2: m2.terms.balance2 + 1n };
       const different = { ...m2, terms: otherTerms, signature: bytesToHex(pair.signers[2].signDigest(cooperativeCloseDigestBytes(DOMAIN, otherTerms))) };
       rejected(r1.channel, receive(different), "UNEXPECTED_MESSAGE");
-      // Once complete, a repeated request changes nothing.
-      rejected(a.channel, receive(m2), "NOT_OPEN");
+      // Once complete, a repeated request changes nothing and is answered with this side's signature.
+      const again = ok(a.channel, receive(m2));
+      expect(again.channel).to.equal(a.channel);
+      expect(again.effects).to.deep.equal([{ type: "send", message: { type: "CloseConfirm", channelId: m1.terms.channelId, terms: m1.terms, signature: m1.signature } }]);
+      rejected(a.channel, receive(forged), "BAD_SIGNATURE");
+    });
+
+    it("completes when both sides ask at the same time and one request is lost", function () {
+      const ch = update(fresh(), 1, [pay(1n)]);
+      const r1 = ok(ch[1], { type: "requestCooperativeClose" });
+      const r2 = ok(ch[2], { type: "requestCooperativeClose" });
+      const m2 = messageOf(r2.effects, "CloseRequest");
+      // Side 1's request never arrives; side 2's completes side 1, which side 2 cannot know.
+      const a = ok(r1.channel, receive(m2));
+      expect(a.channel.closeTerms?.sig1 && a.channel.closeTerms.sig2).to.be.a("string");
+      // Side 2 asks again; side 1's answer completes side 2.
+      const t = ok(r2.channel, { type: "tick" }, T0 + CLOSE_RESEND_SECONDS);
+      const resent = messageOf(t.effects, "CloseRequest");
+      const answer = messageOf(ok(a.channel, receive(resent)).effects, "CloseConfirm");
+      const b = ok(t.channel, receive(answer));
+      expect(b.effects).to.deep.include({ type: "cooperativeCloseReady", terms: m2.terms, sig1: a.channel.closeTerms!.sig1, sig2: a.channel.closeTerms!.sig2 });
     });
 
     it("a close request crossing a proposal: the proposal is refused, the request asked again succeeds", function () {

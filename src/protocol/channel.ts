@@ -937,6 +937,17 @@ function receiveCloseRequest(c: ChannelData, m: Extract<ChannelMessage, { type: 
   if (c.status === "closing" && c.closeTerms && (!c.closeTerms.sig1 || !c.closeTerms.sig2)) {
     return receiveCloseConfirm(c, { ...m, type: "CloseConfirm" }, deps);
   }
+  // Already agreed on these terms (say the partner's request confirmed this node's own, and this
+  // node's request was lost): the partner still lacks this node's signature, so send it again.
+  const agreed = c.closeTerms;
+  if (c.status === "closing" && agreed?.sig1 && agreed.sig2 && agreed.terms.balance1 === m.terms.balance1 && agreed.terms.balance2 === m.terms.balance2 && m.terms.channelId === agreed.terms.channelId) {
+    const them = other(c.config.me);
+    if (!verifyDigest(cooperativeCloseDigestBytes(c.config.domain, agreed.terms), m.signature, participant(c, them), deps)) {
+      return fail("BAD_SIGNATURE", "the close request is not signed by the partner");
+    }
+    const mine = c.config.me === 1 ? agreed.sig1 : agreed.sig2;
+    return { ok: true, channel: c, effects: [{ type: "send", message: { type: "CloseConfirm", channelId: c.config.channelId, terms: agreed.terms, signature: mine } }] };
+  }
   const blocked = closeBlocker(c);
   if (blocked) return blocked;
   const terms = closeTermsOf(c);
