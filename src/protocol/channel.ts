@@ -907,6 +907,9 @@ function closeTermsOf(c: ChannelData): CooperativeCloseTerms {
   };
 }
 
+const sameTerms = (a: CooperativeCloseTerms, b: CooperativeCloseTerms): boolean =>
+  a.channelId === b.channelId && a.balance1 === b.balance1 && a.balance2 === b.balance2;
+
 function closeBlocker(c: ChannelData): Transition | null {
   if (c.status !== "open") return fail("NOT_OPEN", `channel is ${c.status}`);
   if (c.inflight) return fail("BUSY", "a proposal is waiting for the partner");
@@ -940,7 +943,7 @@ function receiveCloseRequest(c: ChannelData, m: Extract<ChannelMessage, { type: 
   // Already agreed on these terms (say the partner's request confirmed this node's own, and this
   // node's request was lost): the partner still lacks this node's signature, so send it again.
   const agreed = c.closeTerms;
-  if (c.status === "closing" && agreed?.sig1 && agreed.sig2 && agreed.terms.balance1 === m.terms.balance1 && agreed.terms.balance2 === m.terms.balance2 && m.terms.channelId === agreed.terms.channelId) {
+  if (c.status === "closing" && agreed?.sig1 && agreed.sig2 && sameTerms(agreed.terms, m.terms)) {
     const them = other(c.config.me);
     if (!verifyDigest(cooperativeCloseDigestBytes(c.config.domain, agreed.terms), m.signature, participant(c, them), deps)) {
       return fail("BAD_SIGNATURE", "the close request is not signed by the partner");
@@ -951,7 +954,7 @@ function receiveCloseRequest(c: ChannelData, m: Extract<ChannelMessage, { type: 
   const blocked = closeBlocker(c);
   if (blocked) return blocked;
   const terms = closeTermsOf(c);
-  if (m.terms.balance1 !== terms.balance1 || m.terms.balance2 !== terms.balance2 || m.terms.channelId !== terms.channelId) {
+  if (!sameTerms(m.terms, terms)) {
     return fail("STATE_MISMATCH", `close terms differ from the newest state (${terms.balance1}, ${terms.balance2})`);
   }
   const digest = cooperativeCloseDigestBytes(c.config.domain, terms);

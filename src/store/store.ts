@@ -252,7 +252,7 @@ class KeyValueStore implements Store {
   async close(): Promise<void> {
     if (this.state === "closed") return;
     if (this.state !== "open") throw new Error(`${this.backend.description} is ${this.state}`);
-    if (this.lazyAcks.length > 0) void this.commit({}).catch(() => undefined);
+    this.writeLazyAcks();
     this.state = "closing";
     try {
       while (this.flushing) await this.flushing;
@@ -377,10 +377,15 @@ class KeyValueStore implements Store {
     if (this.lazyTimer === null) {
       this.lazyTimer = setTimeout(() => {
         this.lazyTimer = null;
-        if (this.state === "open" && this.lazyAcks.length > 0) void this.commit({}).catch(() => undefined);
+        if (this.state === "open") this.writeLazyAcks();
       }, LAZY_ACK_MS);
       this.lazyTimer.unref();
     }
+  }
+
+  /** Writes the lazy acks now, in a commit of their own (they join its group). */
+  private writeLazyAcks(): void {
+    if (this.lazyAcks.length > 0) void this.commit({}).catch(() => undefined);
   }
 
   /** Writes pending groups one at a time; commits arriving during a write join the next group. */
