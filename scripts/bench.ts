@@ -317,6 +317,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
       await arrived;
     });
     log(`hub issued balance to ${pairs.length} payers in ${((performance.now() - tIssue) / 1000).toFixed(1)} s`);
+    const startBalance = new Map(users.map((u) => [u.address, u.balance().mine]));
 
     // ---- latency, one at a time
     const one = pairs[0]!;
@@ -409,6 +410,24 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
         `the users ${sigs.users.sign} and ${sigs.users.recover}: hub bound ${figures.cryptoBoundPaymentsPerSecond}/s on one core, ` +
         `whole system bound on ${cpus().length} cores ${figures.cryptoBoundThisMachinePaymentsPerSecond}/s`,
     );
+    // ---- every payment counted is paid: the locks settle, and each payer's channel lost and each
+    // payee's gained exactly what the completed payments say (1 unit each).
+    const tSettle = performance.now();
+    while (users.some((u) => u.balance().pending) && performance.now() - tSettle < 60_000) await sleep(100);
+    const wrong = users.filter((u) => {
+      const { mine, pending } = u.balance();
+      return pending || mine !== startBalance.get(u.address)! - BigInt(u.sent) + BigInt(u.received);
+    });
+    const sentTotal = users.reduce((n, u) => n + u.sent, 0);
+    const receivedTotal = users.reduce((n, u) => n + u.received, 0);
+    const settleMs = round(performance.now() - tSettle, 0);
+    const fundsAddUp = wrong.length === 0 && sentTotal === receivedTotal;
+    figures.paymentsSettled = { fundsAddUp, settleMs, completedPayments: sentTotal, receivedPayments: receivedTotal, channelsNotAddingUp: wrong.length };
+    log(`settled: ${sentTotal} payments completed, ${receivedTotal} received, ${wrong.length} channels pending or not adding up, after ${settleMs} ms`);
+    if (!fundsAddUp) {
+      log("ERROR: the payments counted do not match the channels' balances");
+      process.exitCode = 1;
+    }
     figures.userSendFailures = counters.sendFailures;
     figures.userRefusedSteps = counters.refused;
     figures.rejectsReceivedByUsers = counters.rejects;

@@ -507,7 +507,8 @@ class Run {
         return { type: "lock", amount, expiry: now + BigInt(spec.expiresIn), secretHash: secret.hash, paymentId };
       }
       case "unlock": {
-        const pool = keepInvalid ? locks : locks.filter((l) => l.sender !== side && l.expiry >= now);
+        // Either side: the receiver claims a lock, or its sender settles it.
+        const pool = keepInvalid ? locks : locks.filter((l) => l.expiry >= now);
         const lock = pool[spec.pick % Math.max(pool.length, 1)];
         const known = lock ? this.sim.secrets.get(lock.secretHash) : undefined;
         if (keepInvalid || spec.wrong) return { type: "unlock", secret: known && !spec.wrong ? known : testSecret(1000 + spec.pick).secret };

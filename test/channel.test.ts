@@ -625,13 +625,17 @@ describe("channel state machine", function () {
       }
     });
 
-    it("unlock with a wrong secret, by the sender, or after expiry", function () {
+    it("unlock with a wrong secret or after expiry; by either side", function () {
       // Side 2 receives side 1's lock (secret 1).
       rejected(base[2], { type: "propose", ops: [unlock(3)] }, "UNKNOWN_LOCK");
       rejected(base[2], { type: "propose", ops: [{ type: "unlock", secret: "0x1234" }] }, "WRONG_SECRET");
       rejected(base[2], { type: "propose", ops: [{ type: "unlock", secret: testSecret(1).hash }] }, "UNKNOWN_LOCK");
-      rejected(base[1], { type: "propose", ops: [unlock(1)] }, "NOT_LOCK_RECEIVER");
-      rejected(base[2], { type: "propose", ops: [unlock(2)] }, "NOT_LOCK_RECEIVER");
+      // The sender settles its own lock once shown the secret: the same state as the receiver's claim.
+      const bySenderOwn = ok(base[1], { type: "propose", ops: [unlock(1)] }, T0 + HOUR);
+      const byReceiverOwn = ok(base[2], { type: "propose", ops: [unlock(1)] }, T0 + HOUR);
+      expect(messageOf(bySenderOwn.effects, "Propose").state).to.deep.equal(messageOf(byReceiverOwn.effects, "Propose").state);
+      rejected(base[1], { type: "propose", ops: [unlock(1)] }, "LOCK_EXPIRED", T0 + HOUR + 1n);
+      ok(base[2], { type: "propose", ops: [unlock(2)] }, T0 + HOUR);
       rejected(base[2], { type: "propose", ops: [unlock(1)] }, "LOCK_EXPIRED", T0 + HOUR + 1n);
       ok(base[2], { type: "propose", ops: [unlock(1)] }, T0 + HOUR);
       rejected(base[2], { type: "propose", ops: [unlock(1), unlock(1)] }, "UNKNOWN_LOCK");
@@ -649,7 +653,14 @@ describe("channel state machine", function () {
       const wrongSecret = forgedPropose(1, nextState(s2, {}), [unlock(5)]);
       refused(base[2], receive(wrongSecret), "UNKNOWN_LOCK");
       const bySender = forgedPropose(1, nextState(s2, {}), [unlock(1)]);
-      refused(base[2], receive(bySender), "NOT_LOCK_RECEIVER");
+      refused(base[2], receive(bySender), "STATE_MISMATCH");
+      const bySenderSettled = nextState(s2, {
+        locked1: s2.locked1 - 100n,
+        sent1: s2.sent1 + 100n,
+        locksRoot: locksRoot(base[2].latest.locks.filter((l) => l.secretHash !== testSecret(1).hash)),
+      });
+      ok(base[2], receive(forgedPropose(1, bySenderSettled, [unlock(1)])), T0 + HOUR);
+      refused(base[2], receive(forgedPropose(1, bySenderSettled, [unlock(1)])), "LOCK_EXPIRED", T0 + HOUR + 1n);
       refused(base[2], receive(forgedPropose(1, nextState(s2, {}), [{ type: "unlock", secret: "0x1234" }])), "WRONG_SECRET");
     });
 
@@ -730,6 +741,8 @@ describe("channel state machine", function () {
       rejected(d2, { type: "propose", ops: [pay(20n, 2)] }, "BUSY");
       rejected(d2, { type: "propose", ops: [pay(20n, 2)] }, "BUSY", T0 + CONFLICT_BACKOFF_SECONDS - 1n);
       ok(d2, { type: "propose", ops: [pay(20n, 2)] }, T0 + CONFLICT_BACKOFF_SECONDS);
+      // A clock set back after the conflict (a restart with a corrected clock) does not stall it.
+      ok(d2, { type: "propose", ops: [pay(20n, 2)] }, T0 - 500n);
       // Side 1 proposes again at once, above the burnt nonce; side 2 countersigns it.
       const again = ok(d1, { type: "propose", ops: [pay(10n, 1)] }, T0 + 1n);
       const m3 = messageOf(again.effects, "Propose");

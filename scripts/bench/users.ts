@@ -15,7 +15,7 @@ import type { Deployment } from "../../src/chain/deploy.js";
 import { NodeCore, type Envelope, type StepResult } from "../../src/engine/node-core.js";
 import { StepRunner } from "../../src/node/steps.js";
 import { createTransport, type P2PTransport } from "../../src/p2p/index.js";
-import { newChannel, type ChannelData, type Funding } from "../../src/protocol/channel.js";
+import { balances, newChannel, type ChannelData, type Funding } from "../../src/protocol/channel.js";
 import { normalizeAddress, orderParticipants, secretHash as hashSecret } from "../../src/protocol/eip712.js";
 import type { IncomingPayment, OutgoingPayment } from "../../src/protocol/transfer.js";
 import type { Address, Hex } from "../../src/protocol/types.js";
@@ -55,7 +55,9 @@ export class BenchUser {
   readonly #counters: UserCounters;
   readonly #waiters = new Map<string, Waiter>();
   #issued: { resolve(): void; promise: Promise<void> } | null = null;
+  /** Transfers completed to this user / by this user. */
   received = 0;
+  sent = 0;
   channelId: Hex | null = null;
 
   constructor(index: number, store: Store, hub: Address, backend: Secp256k1Backend, counters: UserCounters) {
@@ -158,6 +160,13 @@ export class BenchUser {
     return done;
   }
 
+  /** This user's definite share in its channel's newest signed state, and whether anything is still pending there. */
+  balance(): { mine: bigint; pending: boolean } {
+    const c = this.channelId === null ? undefined : this.core.channel(this.channelId);
+    if (!c) throw new Error(`user ${this.address} has no channel`);
+    return { mine: balances(c).mine, pending: c.latest.locks.length > 0 || c.inflight !== null };
+  }
+
   tick(): Promise<StepResult> {
     return this.#runner.step({ type: "tick" });
   }
@@ -179,6 +188,7 @@ export class BenchUser {
     });
     for (const e of r.events) {
       if (e.type === "paymentSent" || (e.type === "paymentFailed" && e.payment.direction === "out")) {
+        if (e.type === "paymentSent" && e.payment.kind === "transfer") this.sent++;
         const w = this.#waiters.get(e.payment.paymentId);
         if (!w) continue;
         this.#waiters.delete(e.payment.paymentId);

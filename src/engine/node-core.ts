@@ -392,6 +392,7 @@ export class NodeCore {
       channelPolicy: this.#channelPolicy,
       channel: (id) => this.#channels.get(lower(id)),
       routeFor: (target) => this.#lockRoute(target),
+      nextHop: (to) => this.#nextHop(normalizeAddress(to)),
       ledger: this.#ledger,
     };
   }

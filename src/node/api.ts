@@ -57,7 +57,7 @@ const paymentSchema = z.object({
     .string()
     .nullable()
     .optional()
-    .describe("outgoing transfer: its secret (made by this node; for an invoice, learnt from the unlock: the payee's receipt)"),
+    .describe("outgoing transfer: its secret (made by this node; for an invoice, learnt from the hub when the payee was paid: the payer's receipt)"),
 });
 
 /** Every method, bound to a node. */
@@ -205,7 +205,7 @@ export function nodeMethods(node: StarlingNode) {
 
 export const nodeEvents = [
   defineEvent("payment.received", paymentSchema, "A payment to this node completed (its funds are in a signed state)."),
-  defineEvent("payment.sent", paymentSchema, "An outgoing payment completed."),
+  defineEvent("payment.sent", paymentSchema, "An outgoing payment completed: the payee holds it and this node has the secret (its unlock settles in the channel right after)."),
   defineEvent("payment.failed", paymentSchema, "A payment failed; its locked funds returned."),
   defineEvent("channel.changed", channelSummarySchema, "A channel's state, funding or status changed."),
 ] as const;

@@ -237,7 +237,6 @@ export type ChannelErrorCode =
   | "DUPLICATE_SECRET_HASH"
   | "TOO_MANY_LOCKS"
   | "UNKNOWN_LOCK"
-  | "NOT_LOCK_RECEIVER"
   | "NOT_LOCK_SENDER"
   | "WRONG_SECRET"
   | "LOCK_EXPIRED"
@@ -440,7 +439,8 @@ function applyOpsTo(c: ChannelData, ops: readonly Op[], proposer: Side, deps: De
         const i = locks.findIndex((l) => l.secretHash === hash);
         const lock = locks[i];
         if (!lock) return bad("UNKNOWN_LOCK", `no pending lock has secret hash ${hash}`);
-        if (lock.sender === proposer) return bad("NOT_LOCK_RECEIVER", "only a lock's receiver proposes its unlock");
+        // Either side may propose it: the receiver claims the lock with its secret, or the sender,
+        // shown the secret by the receiver, settles it (the only side proposing on a payer's channel).
         if (now > lock.expiry && !claimedOnChain(c, lock, deps)) return bad("LOCK_EXPIRED", `lock ${hash} expired at ${lock.expiry}`);
         locks.splice(i, 1);
         if (lock.sender === 1) {
@@ -554,7 +554,11 @@ function propose(c: ChannelData, ops: Op[], deps: Deps): Transition {
   if (c.status !== "open" || c.closeTerms) return fail("NOT_OPEN", `channel is ${c.status}`);
   if (c.inflight) return fail("BUSY", "a proposal is already waiting for the partner");
   const me = c.config.me;
-  if (deps.now < c.backoffUntil) return fail("BUSY", "yielding to the partner after a conflict");
+  // A backoff is never longer than CONFLICT_BACKOFF_SECONDS: one further ahead was set before the
+  // clock went back (a restart with a corrected clock), and would stall the channel meanwhile.
+  if (deps.now < c.backoffUntil && c.backoffUntil <= deps.now + CONFLICT_BACKOFF_SECONDS) {
+    return fail("BUSY", "yielding to the partner after a conflict");
+  }
   const applied = applyOps(c, ops, me, deps);
   if (!applied.ok) return applied;
   // Holding the fully signed latest, this node may revoke everything before it.

@@ -2,17 +2,24 @@
  * HTLC transfers over RSMC channels: one pure state machine per node covering the three roles.
  *
  *   initiator  pay -> lock in its channel with the hub (+ LockedTransfer to the hub); answers the
- *              target's signed SecretRequest with a SecretReveal; completed when the hub unlocks.
+ *              target's signed SecretRequest with a SecretReveal; completed when the hub shows it
+ *              the secret (it then settles its lock) or unlocks the lock itself.
  *   mediator   a lock from a partner, fully signed, whose LockedTransfer names another target ->
  *              the same lock (hash, amount) one hop on, expiring `revealTimeout` earlier; learns the
- *              secret from the downstream unlock or a relayed SecretReveal and unlocks upstream.
- *   target     a lock naming it -> SecretRequest to the initiator; SecretReveal -> unlock.
+ *              secret from the downstream unlock or a SecretReveal, and shows it upstream.
+ *   target     a lock naming it -> SecretRequest to the initiator; SecretReveal -> claims it. With an
+ *              invoice it knows the secret already and unlocks as it countersigns the lock.
  *
  * The roles fall out of a few rules over the locks this node sent and received, so a node can be
  * all three at once (a hub receiving payments, forwarding others, and issuing):
- *   - a received lock whose secret is known is unlocked (off chain), and if the unlock has not
+ *   - a received lock whose secret is known when it is countersigned is unlocked in the same
+ *     message (the unlock rides on the countersignature); one whose secret comes later is shown to
+ *     its sender (a SecretReveal), which settles it: so on a channel where only one side pays,
+ *     only that side ever proposes, and the two sides never propose at once. If the sender has not
+ *     settled after `retrySeconds`, the receiver unlocks it itself; and if the unlock has not
  *     landed when its expiry is near, the secret is registered on chain, once;
- *   - a sent lock past its expiry is removed;
+ *   - a sent lock whose receiver showed its secret is settled (unlocked by the sender); one past
+ *     its expiry is removed;
  *   - a received lock with routing metadata is claimed (target) or forwarded (mediator).
  *
  * Channel operations are queued per channel and leave as ONE proposal when the channel is idle
@@ -52,7 +59,10 @@ export interface TransferPolicy {
   dangerZoneSeconds: bigint;
   /** A lock is only forwarded (or claimed) if it leaves at least this long. */
   minLockSeconds: bigint;
-  /** Interval for re-sending LockedTransfer and SecretRequest while a lock waits. */
+  /**
+   * Interval for re-sending LockedTransfer and SecretRequest while a lock waits; also how long a
+   * receiver that showed a lock's secret to its sender waits for the sender to settle it.
+   */
   retrySeconds: bigint;
   /** Most operations in one channel update. */
   maxOpsPerUpdate: number;
@@ -145,8 +155,11 @@ export interface SentLock {
   amount: bigint;
   expiry: bigint;
   paymentId: Hex;
-  /** proposing: queued or in an unanswered proposal; locked: fully signed; expiring: removal queued or proposed. */
-  stage: "proposing" | "locked" | "expiring";
+  /**
+   * proposing: queued or in an unanswered proposal; locked: fully signed; settling: its receiver
+   * showed the secret and this node's unlock is queued or proposed; expiring: removal queued or proposed.
+   */
+  stage: "proposing" | "locked" | "settling" | "expiring";
   /** The received lock this one forwards, or null for the payer's own lock. */
   upstream: LockKey | null;
   meta: LockedTransfer;
@@ -162,8 +175,12 @@ export interface ReceivedLock {
   amount: bigint;
   expiry: bigint;
   paymentId: Hex;
-  /** unlocking: unlock queued or proposed; lost: the unlock was refused (too late), the partner will expire it. */
-  stage: "locked" | "unlocking" | "lost";
+  /**
+   * unlocking: unlock queued or proposed; asked: the secret was shown to the sender, which settles
+   * (at `askedAt`); lost: the unlock was refused (too late), the partner will expire it.
+   */
+  stage: "locked" | "unlocking" | "asked" | "lost";
+  askedAt?: bigint;
   meta: LockedTransfer | null;
   /** waiting: no routing metadata yet; refused: not forwarded, left to expire upstream. */
   role: "waiting" | "target" | "mediator" | "refused";
@@ -241,6 +258,8 @@ export interface TransferContext {
   channel(channelId: Hex): ChannelData | undefined;
   /** The channel to forward a lock for `target` into: the one with `target`, or towards its hub. */
   routeFor(target: Address): Hex | null;
+  /** The peer a transfer message for `to` is handed to first (as `sendTransfer` is routed), or null. */
+  nextHop(to: Address): Address | null;
   /** Change the state in place, logged by this ledger (see {@link TransferLedger}); copy on write without. */
   ledger?: TransferLedger;
 }
@@ -550,7 +569,7 @@ function transitionOnce(state: TransferState, input: TransferInput, ctx: Transfe
       const secret = lower(input.secret);
       const secretHash = hashSecret(secret);
       if (input.revealedAt !== undefined) markRevealed(w, secretHash, input.revealedAt);
-      learnSecret(w, secret, secretHash);
+      learnSecret(w, secret, secretHash, true);
       // Already on chain: the danger zone need not register it again.
       if (w.get("secrets").has(secretHash) && !w.get("registered").has(secretHash)) w.mut("registered").set(secretHash, w.now);
       break;
@@ -732,15 +751,9 @@ function myOpSigned(w: Work, channelId: Hex, op: Op): void {
       if (p && p.kind === "issue" && lower(p.channelId) === lower(channelId)) finishOutgoing(w, p.paymentId, "completed", null);
       return;
     }
-    case "unlock": {
-      const hash = hashSecret(op.secret);
-      const key = lockKey(channelId, hash);
-      if (!w.get("received").has(key)) return;
-      w.mut("received").delete(key);
-      finishIncoming(w, key, "received", null);
-      pruneSecret(w, hash);
+    case "unlock":
+      unlocked(w, channelId, lower(op.secret));
       return;
-    }
     case "expire": {
       const key = lockKey(channelId, op.secretHash);
       const s = w.get("sent").get(key);
@@ -780,7 +793,8 @@ function partnerOpSigned(w: Work, channelId: Hex, op: Op): void {
       }
       w.mut("received").set(key, lock);
       const secret = w.get("secrets").get(secretHash);
-      if (secret !== undefined) learnSecret(w, secret, secretHash);
+      // Known already: the unlock rides on this node's countersignature.
+      if (secret !== undefined) learnSecret(w, secret, secretHash, false);
       else if (lock.meta) route(w, key);
       return;
     }
@@ -802,19 +816,9 @@ function partnerOpSigned(w: Work, channelId: Hex, op: Op): void {
       w.emit({ type: "paymentReceived", payment });
       return;
     }
-    case "unlock": {
-      const hash = hashSecret(op.secret);
-      const key = lockKey(channelId, hash);
-      const s = w.get("sent").get(key);
-      if (s) {
-        w.mut("sent").delete(key);
-        if (s.upstream === null) finishOutgoing(w, s.paymentId, "completed", null, lower(op.secret));
-      }
-      // A mediator now holds the secret of its upstream lock.
-      learnSecret(w, lower(op.secret), hash);
-      pruneSecret(w, hash);
+    case "unlock":
+      unlocked(w, channelId, lower(op.secret));
       return;
-    }
     case "expire": {
       const key = lockKey(channelId, op.secretHash);
       if (!w.get("received").has(key)) return;
@@ -826,6 +830,24 @@ function partnerOpSigned(w: Work, channelId: Hex, op: Op): void {
   }
 }
 
+/** A lock's unlock is fully signed (whichever side proposed it): the lock is paid. */
+function unlocked(w: Work, channelId: Hex, secret: Hex): void {
+  const hash = hashSecret(secret);
+  const key = lockKey(channelId, hash);
+  const s = w.get("sent").get(key);
+  if (s) {
+    w.mut("sent").delete(key);
+    if (s.upstream === null) finishOutgoing(w, s.paymentId, "completed", null, secret);
+  }
+  if (w.get("received").has(key)) {
+    w.mut("received").delete(key);
+    finishIncoming(w, key, "received", null);
+  }
+  // A mediator now holds the secret of its upstream lock.
+  learnSecret(w, secret, hash, true);
+  pruneSecret(w, hash);
+}
+
 const metaMatches = (m: LockedTransfer, l: ReceivedLock): boolean =>
   lower(m.channelId) === l.channelId &&
   lower(m.paymentId) === l.paymentId &&
@@ -835,18 +857,56 @@ const metaMatches = (m: LockedTransfer, l: ReceivedLock): boolean =>
 
 // ------------------------------------------------------------------ secrets
 
-/** Unlocks every received lock with this hash that can still be unlocked. */
-function learnSecret(w: Work, secret: Hex, secretHash: Hex): void {
+/**
+ * Claims every received lock with this hash that can still be claimed. With `askSender`, the
+ * lock's sender is left to settle it (see the top of this file): shown the secret, unless
+ * `knownTo` (a peer that sent or relayed it to this node) is that sender already; a lock too close
+ * to its expiry to wait for that, and every lock without `askSender`, is unlocked by this node.
+ */
+function learnSecret(w: Work, secret: Hex, secretHash: Hex, askSender: boolean, knownTo: Address | null = null): void {
   let useful = false;
+  const { retrySeconds, dangerZoneSeconds } = w.ctx.policy;
   for (const key of w.withHash("received", secretHash)) {
     const r = w.get("received").get(key);
     if (!r) continue;
     useful = true;
     if (r.stage !== "locked" || (w.now > r.expiry && !claimedOnChain(r))) continue;
-    w.mut("received").set(key, { ...r, stage: "unlocking" });
-    enqueue(w, r.channelId, { type: "unlock", secret });
+    const c = askSender && w.now + retrySeconds + dangerZoneSeconds < r.expiry ? w.ctx.channel(r.channelId) : undefined;
+    if (c) {
+      w.mut("received").set(key, { ...r, stage: "asked", askedAt: w.now });
+      const sender = partnerOf(c);
+      if (sender !== knownTo) w.emit({ type: "sendTransfer", to: sender, message: { type: "SecretReveal", paymentId: r.paymentId, secret } });
+    } else {
+      unlockReceived(w, key, r, secret);
+    }
   }
   if (useful && !w.get("secrets").has(secretHash)) w.mut("secrets").set(secretHash, secret);
+}
+
+function unlockReceived(w: Work, key: LockKey, r: ReceivedLock, secret: Hex): void {
+  w.mut("received").set(key, { ...r, stage: "unlocking" });
+  enqueue(w, r.channelId, { type: "unlock", secret });
+}
+
+/**
+ * `knower`, the receiver of this node's locks with this hash in their channel, knows their secret
+ * (it showed it, or this node is passing it on to it): it can claim them anyway, so this node pays
+ * them now (proposing the unlock itself keeps a payer's channel one-sided). For the payer the
+ * payment is done: the secret is its receipt.
+ */
+function settleSent(w: Work, knower: Address, secret: Hex, secretHash: Hex): void {
+  for (const key of w.withHash("sent", secretHash)) {
+    const s = w.get("sent").get(key);
+    if (!s || s.stage !== "locked") continue;
+    const c = w.ctx.channel(s.channelId);
+    if (!c || partnerOf(c) !== knower) continue;
+    // Too close to its expiry to settle off chain safely: the receiver's claim (off chain or on
+    // chain in time) or the expiry decides.
+    if (w.now + w.ctx.policy.dangerZoneSeconds >= s.expiry && !claimedOnChain(s)) continue;
+    w.mut("sent").set(key, { ...s, stage: "settling" });
+    enqueue(w, s.channelId, { type: "unlock", secret });
+    if (s.upstream === null) finishOutgoing(w, s.paymentId, "completed", null, secret);
+  }
 }
 
 /** Forgets a secret (and its registration) once no pending lock of this node uses its hash. */
@@ -917,7 +977,7 @@ function claim(w: Work, key: LockKey, r: ReceivedLock, meta: LockedTransfer): vo
     // This node made the secret: unlock now (the invoice is paid once).
     w.mut("invoices").delete(r.secretHash);
     w.mut("received").set(key, { ...r, role: "target", requestedAt: null });
-    learnSecret(w, invoice.secret, r.secretHash);
+    learnSecret(w, invoice.secret, r.secretHash, false);
     return;
   }
   w.mut("received").set(key, { ...r, role: "target", requestedAt: asked ? w.now : null });
@@ -978,7 +1038,7 @@ function receive(w: Work, fromRaw: Address, toRaw: Address, message: TransferMes
       return forMe ? receiveSecretRequest(w, message) : { ok: true };
     case "SecretReveal":
       // A relaying mediator learns the secret too, and can claim upstream without waiting.
-      return receiveSecretReveal(w, message);
+      return receiveSecretReveal(w, from, forMe ? null : normalizeAddress(toRaw), message);
   }
 }
 
@@ -1029,14 +1089,24 @@ function receiveSecretRequest(w: Work, m: SecretRequest): Received {
   }
   const reveal: SecretReveal = { type: "SecretReveal", paymentId, secret: p.secret };
   w.emit({ type: "sendTransfer", to: p.target, message: reveal });
+  // The hub passing the reveal on learns the secret: settle with it now.
+  const hop = w.ctx.nextHop(p.target);
+  if (hop !== null) settleSent(w, hop, p.secret, p.secretHash);
   return { ok: true };
 }
 
-function receiveSecretReveal(w: Work, m: SecretReveal): Received {
+/** `relayTo`: the reveal's final recipient when this node only passes it on. */
+function receiveSecretReveal(w: Work, from: Address, relayTo: Address | null, m: SecretReveal): Received {
   const secret = lower(m.secret);
-  learnSecret(w, secret, hashSecret(secret));
+  const secretHash = hashSecret(secret);
+  learnSecret(w, secret, secretHash, true, from);
+  settleSent(w, from, secret, secretHash);
+  // The next hop towards the recipient learns it from this node.
+  const hop = relayTo === null ? null : w.ctx.nextHop(relayTo);
+  if (hop !== null) settleSent(w, hop, secret, secretHash);
   return { ok: true };
 }
+
 
 // ------------------------------------------------------------------ time
 
@@ -1061,10 +1131,11 @@ function tick(w: Work): void {
     const secret = w.get("secrets").get(r.secretHash);
     if (secret !== undefined) {
       // A lock whose late unlock was refused is tried again once its secret is known on chain in time.
+      // The sender did not settle in time: claim it here.
       const claimed = claimedOnChain(r);
-      if ((r.stage === "locked" || (r.stage === "lost" && claimed)) && (now <= r.expiry || claimed)) {
-        w.mut("received").set(key, { ...r, stage: "unlocking" });
-        enqueue(w, r.channelId, { type: "unlock", secret });
+      const waited = r.stage === "asked" && now >= (r.askedAt ?? 0n) + policy.retrySeconds;
+      if ((r.stage === "locked" || waited || (r.stage === "lost" && claimed)) && (now <= r.expiry || claimed)) {
+        unlockReceived(w, key, r, secret);
       }
       // Not unlocked off chain and close to expiry: the chain must learn the secret in time.
       if (now >= r.expiry - policy.dangerZoneSeconds && now <= r.expiry && !w.get("registered").has(r.secretHash)) {
@@ -1174,6 +1245,9 @@ function rejectOp(w: Work, channelId: Hex, op: Op, error: ChannelError): void {
       const key = lockKey(channelId, hashSecret(op.secret));
       const r = w.get("received").get(key);
       if (r) w.mut("received").set(key, { ...r, stage: "lost" });
+      // A settle that did not pass (too late): the receiver's claim or the expiry decides.
+      const s = w.get("sent").get(key);
+      if (s && s.stage === "settling") w.mut("sent").set(key, { ...s, stage: "locked" });
       return;
     }
     case "expire": {
