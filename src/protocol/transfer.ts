@@ -16,7 +16,7 @@
  *     message (the unlock rides on the countersignature); one whose secret comes later is shown to
  *     its sender (a SecretReveal), which settles it: so on a channel where only one side pays,
  *     only that side ever proposes, and the two sides never propose at once. If the sender has not
- *     settled after `retrySeconds`, the receiver unlocks it itself; and if the unlock has not
+ *     settled after `settleSeconds`, the receiver unlocks it itself; and if the unlock has not
  *     landed when its expiry is near, the secret is registered on chain, once;
  *   - a sent lock whose receiver showed its secret is settled (unlocked by the sender); one past
  *     its expiry is removed;
@@ -59,11 +59,14 @@ export interface TransferPolicy {
   dangerZoneSeconds: bigint;
   /** A lock is only forwarded (or claimed) if it leaves at least this long. */
   minLockSeconds: bigint;
-  /**
-   * Interval for re-sending LockedTransfer and SecretRequest while a lock waits; also how long a
-   * receiver that showed a lock's secret to its sender waits for the sender to settle it.
-   */
+  /** Interval for re-sending LockedTransfer and SecretRequest while a lock waits. */
   retrySeconds: bigint;
+  /**
+   * How long a receiver that showed a lock's secret to its sender waits for the sender to settle
+   * it before unlocking it itself. Longer than payments queue under load (or both sides propose
+   * at once, the conflict this avoids); far shorter than a lock's life.
+   */
+  settleSeconds: bigint;
   /** Most operations in one channel update. */
   maxOpsPerUpdate: number;
 }
@@ -84,6 +87,7 @@ export const DEFAULT_TRANSFER_POLICY: TransferPolicy = {
   dangerZoneSeconds: 60n,
   minLockSeconds: 60n,
   retrySeconds: 10n,
+  settleSeconds: 60n,
   maxOpsPerUpdate: 100,
 };
 
@@ -103,6 +107,7 @@ export function transferPolicyProblems(p: TransferPolicy, channel: Policy = DEFA
     problems.push("dangerZoneSeconds must be positive and below revealTimeout, or a mediator cannot unlock upstream in time");
   }
   if (p.retrySeconds <= 0n) problems.push("retrySeconds must be positive");
+  if (p.settleSeconds <= 0n) problems.push("settleSeconds must be positive");
   if (!Number.isInteger(p.maxOpsPerUpdate) || p.maxOpsPerUpdate < 1) problems.push("maxOpsPerUpdate must be a positive integer");
   return problems;
 }
@@ -166,6 +171,8 @@ export interface SentLock {
   metaSentAt: bigint | null;
   /** Chain time its secret was registered on chain, once seen: at or before `expiry`, the lock is the receiver's. */
   revealedAt?: bigint;
+  /** The secret, shown by the receiver while this node's proposal of the lock was unanswered: settled once signed. */
+  shownSecret?: Hex;
 }
 
 /** A fully signed lock this node receives (as mediator or target). */
@@ -743,7 +750,10 @@ function myOpSigned(w: Work, channelId: Hex, op: Op): void {
     case "lock": {
       const key = lockKey(channelId, op.secretHash);
       const s = w.get("sent").get(key);
-      if (s && s.stage === "proposing") w.mut("sent").set(key, { ...s, stage: "locked" });
+      if (!s || s.stage !== "proposing") return;
+      const locked: SentLock = { ...s, stage: "locked" };
+      w.mut("sent").set(key, locked);
+      if (s.shownSecret !== undefined) settle(w, key, locked, s.shownSecret);
       return;
     }
     case "pay": {
@@ -865,13 +875,13 @@ const metaMatches = (m: LockedTransfer, l: ReceivedLock): boolean =>
  */
 function learnSecret(w: Work, secret: Hex, secretHash: Hex, askSender: boolean, knownTo: Address | null = null): void {
   let useful = false;
-  const { retrySeconds, dangerZoneSeconds } = w.ctx.policy;
+  const { settleSeconds, dangerZoneSeconds } = w.ctx.policy;
   for (const key of w.withHash("received", secretHash)) {
     const r = w.get("received").get(key);
     if (!r) continue;
     useful = true;
     if (r.stage !== "locked" || (w.now > r.expiry && !claimedOnChain(r))) continue;
-    const c = askSender && w.now + retrySeconds + dangerZoneSeconds < r.expiry ? w.ctx.channel(r.channelId) : undefined;
+    const c = askSender && w.now + settleSeconds + dangerZoneSeconds < r.expiry ? w.ctx.channel(r.channelId) : undefined;
     if (c) {
       w.mut("received").set(key, { ...r, stage: "asked", askedAt: w.now });
       const sender = partnerOf(c);
@@ -897,16 +907,22 @@ function unlockReceived(w: Work, key: LockKey, r: ReceivedLock, secret: Hex): vo
 function settleSent(w: Work, knower: Address, secret: Hex, secretHash: Hex): void {
   for (const key of w.withHash("sent", secretHash)) {
     const s = w.get("sent").get(key);
-    if (!s || s.stage !== "locked") continue;
+    if (!s) continue;
     const c = w.ctx.channel(s.channelId);
     if (!c || partnerOf(c) !== knower) continue;
-    // Too close to its expiry to settle off chain safely: the receiver's claim (off chain or on
-    // chain in time) or the expiry decides.
-    if (w.now + w.ctx.policy.dangerZoneSeconds >= s.expiry && !claimedOnChain(s)) continue;
-    w.mut("sent").set(key, { ...s, stage: "settling" });
-    enqueue(w, s.channelId, { type: "unlock", secret });
-    if (s.upstream === null) finishOutgoing(w, s.paymentId, "completed", null, secret);
+    if (s.stage === "locked") settle(w, key, s, secret);
+    // The partner holds it signed, this node not yet (its countersignature is late): settle once it does.
+    else if (s.stage === "proposing") w.mut("sent").set(key, { ...s, shownSecret: secret });
   }
+}
+
+function settle(w: Work, key: LockKey, s: SentLock, secret: Hex): void {
+  // Too close to its expiry to settle off chain safely: the receiver's claim (off chain or on
+  // chain in time) or the expiry decides.
+  if (w.now + w.ctx.policy.dangerZoneSeconds >= s.expiry && !claimedOnChain(s)) return;
+  w.mut("sent").set(key, { ...s, stage: "settling" });
+  enqueue(w, s.channelId, { type: "unlock", secret });
+  if (s.upstream === null) finishOutgoing(w, s.paymentId, "completed", null, secret);
 }
 
 /** Forgets a secret (and its registration) once no pending lock of this node uses its hash. */
@@ -1133,7 +1149,7 @@ function tick(w: Work): void {
       // A lock whose late unlock was refused is tried again once its secret is known on chain in time.
       // The sender did not settle in time: claim it here.
       const claimed = claimedOnChain(r);
-      const waited = r.stage === "asked" && now >= (r.askedAt ?? 0n) + policy.retrySeconds;
+      const waited = r.stage === "asked" && now >= (r.askedAt ?? 0n) + policy.settleSeconds;
       if ((r.stage === "locked" || waited || (r.stage === "lost" && claimed)) && (now <= r.expiry || claimed)) {
         unlockReceived(w, key, r, secret);
       }
