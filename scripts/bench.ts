@@ -283,7 +283,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     // ---- users and their channels
     userStore = new LevelStore(join(work, "users-db"));
     await userStore.open();
-    const counters: UserCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: 0, disconnects: 0 };
+    const counters: UserCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: 0, rejectCodes: {}, disconnects: 0 };
     for (let i = 0; i < CFG.users; i++) users.push(new BenchUser(i, userStore, hubAddress as Address, backend, counters));
     await pool(users, 64, (u) => u.start());
     const tOpen = performance.now();
@@ -431,6 +431,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.userSendFailures = counters.sendFailures;
     figures.userRefusedSteps = counters.refused;
     figures.rejectsReceivedByUsers = counters.rejects;
+    figures.rejectsReceivedByUsersByCode = counters.rejectCodes;
     figures.userDisconnects = counters.disconnects;
     figures.hubChannelsInThroughputRun = users.length;
     figures.hubRssAfterThroughputBytes = rssBytes(hub.pid);

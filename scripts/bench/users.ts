@@ -41,6 +41,8 @@ export interface UserCounters {
   refused: number;
   /** Reject messages received from the hub: a proposal refused, mostly because both sides proposed at once. */
   rejects: number;
+  /** The same, by the Reject's code. */
+  rejectCodes: Record<string, number>;
   /** Times a user lost its connection to the hub. */
   disconnects: number;
 }
@@ -98,7 +100,11 @@ export class BenchUser {
     this.transport.onMessage(async (from, message) => {
       if (typeof message !== "object" || message === null || !("kind" in message)) return;
       const envelope = message as Envelope;
-      if (envelope.kind === "channel" && envelope.message.type === "Reject") this.#counters.rejects++;
+      if (envelope.kind === "channel" && envelope.message.type === "Reject") {
+        this.#counters.rejects++;
+        const code = String(envelope.message.code);
+        this.#counters.rejectCodes[code] = (this.#counters.rejectCodes[code] ?? 0) + 1;
+      }
       const r = await this.#runner.step({ type: "deliver", from, envelope: message as Envelope });
       if (!r.ok) this.#counters.refused++;
     });

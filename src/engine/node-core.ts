@@ -616,7 +616,10 @@ export class NodeCore {
 /**
  * A proposal made in the step that countersigned the partner's previous one rides on that
  * Countersign (its `next`), so the partner learns of both at once and cannot propose the same
- * nonce meanwhile. Returns whether it did.
+ * nonce meanwhile. Returns whether it did. The joined message moves to the end of the step's
+ * messages, after the `LockedTransfer`s describing the proposal's locks: a lock whose routing
+ * arrives first is claimed as it is countersigned, its unlock riding on that countersignature,
+ * instead of being proposed later from an idle channel (and crossing the partner's next proposal).
  */
 function joinCountersign(send: Outbound[], propose: Extract<ChannelMessage, { type: "Propose" }>): boolean {
   for (let i = send.length - 1; i >= 0; i--) {
@@ -625,7 +628,9 @@ function joinCountersign(send: Outbound[], propose: Extract<ChannelMessage, { ty
     const m = out.envelope.message;
     if (m.type !== "Countersign" || m.next !== undefined || m.nonce + 1n !== propose.state.nonce) return false;
     const { state, ops, signature } = propose;
-    send[i] = { ...out, envelope: { kind: "channel", message: { ...m, next: { state, ops, signature } } } };
+    // Only messages of other channels, or transfer messages, follow it: no channel's order changes.
+    send.splice(i, 1);
+    send.push({ ...out, envelope: { kind: "channel", message: { ...m, next: { state, ops, signature } } } });
     return true;
   }
   return false;
