@@ -654,6 +654,64 @@ describe("multi-hop and load", function () {
     expectIdle(hub, ...users);
   });
 
+  it("payers paying invoices, many in flight: only the paying side proposes on each channel, nothing is refused", function () {
+    this.timeout(120_000);
+    const w = new World();
+    const hub = w.node();
+    const payers = [w.node(), w.node(), w.node()];
+    const payees = [w.node(), w.node(), w.node()];
+    const payerChannels = payers.map((u) => w.open(u, hub));
+    const payeeChannels = payees.map((u) => w.open(hub, u));
+    const wires: Wire[] = [];
+    w.net.dropIf = (wire) => {
+      wires.push(wire);
+      return false;
+    };
+    const random = rng(11);
+    const ids: { from: NodeCore; to: NodeCore; paymentId: Hex }[] = [];
+    for (let k = 0; k < 30; k++) {
+      payers.forEach((from, i) => {
+        const to = payees[i]!;
+        const secret = rand32();
+        expect(w.net.submit(to.address, { type: "invoice", secret, amount: 3n, expiresAt: w.net.now + 3600n }).ok).to.equal(true);
+        const paymentId = rand32();
+        const r = w.net.submit(from.address, { type: "pay", paymentId, target: to.address, amount: 3n, secretHash: secretHash(secret) });
+        expect(r.ok, JSON.stringify(r.error)).to.equal(true);
+        ids.push({ from, to, paymentId });
+      });
+      for (let i = 0; i < 4; i++) w.net.step(random);
+    }
+    w.net.run({ random });
+    w.net.advance(1n);
+    w.net.tickAll();
+    w.net.run({ random });
+
+    for (const { from, to, paymentId } of ids) {
+      expect(from.payment(paymentId)?.status).to.equal("completed");
+      expect(to.incoming(paymentId).map((p) => p.status)).to.deep.equal(["received"]);
+    }
+    const proposers = new Map<Hex, Set<Address>>();
+    for (const wire of wires) {
+      if (wire.envelope.kind !== "channel") continue;
+      const m = wire.envelope.message;
+      expect(m.type, "a refused proposal").to.not.equal("Reject");
+      // A payee's unlock rides on its countersignature; any other proposal is a Propose.
+      const proposes = m.type === "Propose" || (m.type === "Countersign" && m.next !== undefined && !payees.some((u) => u.address === wire.from));
+      if (!proposes) continue;
+      const id = m.channelId.toLowerCase() as Hex;
+      proposers.set(id, (proposers.get(id) ?? new Set()).add(wire.from));
+    }
+    payerChannels.forEach((id, i) => expect([...(proposers.get(id) ?? [])], "payer's channel").to.deep.equal([payers[i]!.address]));
+    payeeChannels.forEach((id) => expect([...(proposers.get(id) ?? [])], "payee's channel").to.deep.equal([hub.address]));
+    payers.forEach((u, i) => {
+      expectAgreement(u, hub, payerChannels[i]!);
+      expect(mine(u, payerChannels[i]!)).to.equal(DEPOSIT - 90n);
+    });
+    payees.forEach((u, i) => expect(mine(u, payeeChannels[i]!)).to.equal(DEPOSIT + 90n));
+    expect(w.net.rejected).to.deep.equal([]);
+    expectIdle(hub, ...payers, ...payees);
+  });
+
   it("many concurrent payments in both directions all complete, batched, and the funds add up", function () {
     this.timeout(120_000);
     const w = new World();
