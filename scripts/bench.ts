@@ -265,6 +265,8 @@ async function openLoopRun(pairs: Pair[], rate: number, ms: number): Promise<{ l
   return { latencies: lat, failed, started: issued };
 }
 
+const rejectCount = (c: UserCounters): number => Object.values(c.rejects).reduce((n, k) => n + k, 0);
+
 /** Throughput, latency and crypto: the hub daemon and the load generator's users on `devnet`. */
 async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1Backend): Promise<void> {
   let hub: HubProcess | undefined;
@@ -283,7 +285,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     // ---- users and their channels
     userStore = new LevelStore(join(work, "users-db"));
     await userStore.open();
-    const counters: UserCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: 0, rejectCodes: {}, disconnects: 0 };
+    const counters: UserCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: {}, disconnects: 0 };
     for (let i = 0; i < CFG.users; i++) users.push(new BenchUser(i, userStore, hubAddress as Address, backend, counters));
     await pool(users, 64, (u) => u.start());
     const tOpen = performance.now();
@@ -373,7 +375,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
         `latency under it p50 ${tpLatency.p50} ms p99 ${tpLatency.p99} ms; ` +
         `CPU per payment hub ${cpu.hubMs} ms, load generator ${cpu.loadGeneratorMs} ms ` +
         `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites} (${figures.hubStoreWriteMs} ms each, ${figures.hubStoreBytesPerPayment} B per payment), completed ${tp.completed}; ` +
-        `so far: ${counters.disconnects} disconnects, ${counters.sendFailures} failed sends, ${counters.rejects} rejects`,
+        `so far: ${counters.disconnects} disconnects, ${counters.sendFailures} failed sends, ${rejectCount(counters)} rejects`,
     );
 
     // ---- loaded latency at half the maximum
@@ -430,8 +432,8 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     }
     figures.userSendFailures = counters.sendFailures;
     figures.userRefusedSteps = counters.refused;
-    figures.rejectsReceivedByUsers = counters.rejects;
-    figures.rejectsReceivedByUsersByCode = counters.rejectCodes;
+    figures.rejectsReceivedByUsers = rejectCount(counters);
+    figures.rejectsReceivedByUsersByCode = counters.rejects;
     figures.userDisconnects = counters.disconnects;
     figures.hubChannelsInThroughputRun = users.length;
     figures.hubRssAfterThroughputBytes = rssBytes(hub.pid);

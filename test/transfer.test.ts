@@ -91,6 +91,21 @@ function expectIdle(...nodes: NodeCore[]): void {
   }
 }
 
+/** Delivers everything, lets a second pass with a tick each, and delivers what that caused. */
+function runToRest(w: World, random: () => number): void {
+  w.net.run({ random });
+  w.net.advance(1n);
+  w.net.tickAll();
+  w.net.run({ random });
+}
+
+function expectAllPaid(ids: readonly { from: NodeCore; to: NodeCore; paymentId: Hex }[]): void {
+  for (const { from, to, paymentId } of ids) {
+    expect(from.payment(paymentId)?.status, "sender status").to.equal("completed");
+    expect(to.incoming(paymentId).map((p) => p.status)).to.deep.equal(["received"]);
+  }
+}
+
 const isChannelMessage = (w: Wire, type: string): boolean => w.envelope.kind === "channel" && w.envelope.message.type === type;
 const isTransferMessage = (w: Wire, type: string): boolean => w.envelope.kind === "transfer" && w.envelope.message.type === type;
 
@@ -645,10 +660,7 @@ describe("multi-hop and load", function () {
       snapshot = hub.transfers;
       snapshotSize = snapshot.sent.size + snapshot.received.size;
     }
-    w.net.run({ random });
-    w.net.advance(1n);
-    w.net.tickAll();
-    w.net.run({ random });
+    runToRest(w, random);
     expectMirrored();
     expect(mirror.size).to.equal(0);
     expectIdle(hub, ...users);
@@ -681,15 +693,9 @@ describe("multi-hop and load", function () {
       });
       for (let i = 0; i < 4; i++) w.net.step(random);
     }
-    w.net.run({ random });
-    w.net.advance(1n);
-    w.net.tickAll();
-    w.net.run({ random });
+    runToRest(w, random);
 
-    for (const { from, to, paymentId } of ids) {
-      expect(from.payment(paymentId)?.status).to.equal("completed");
-      expect(to.incoming(paymentId).map((p) => p.status)).to.deep.equal(["received"]);
-    }
+    expectAllPaid(ids);
     const proposers = new Map<Hex, Set<Address>>();
     for (const wire of wires) {
       if (wire.envelope.kind !== "channel") continue;
@@ -739,15 +745,9 @@ describe("multi-hop and load", function () {
       // Let some traffic through between submissions, in a random interleaving.
       for (let i = 0; i < 5; i++) w.net.step(random);
     }
-    w.net.run({ random });
-    w.net.advance(1n);
-    w.net.tickAll();
-    w.net.run({ random });
+    runToRest(w, random);
 
-    for (const { from, to, paymentId } of ids) {
-      expect(from.payment(paymentId)?.status, "sender status").to.equal("completed");
-      expect(to.incoming(paymentId).map((p) => p.status)).to.deep.equal(["received"]);
-    }
+    expectAllPaid(ids);
     users.forEach((u, i) => {
       const id = channels[i]!;
       expectAgreement(u, hub, id);

@@ -39,10 +39,8 @@ export interface UserCounters {
   sendFailures: number;
   /** Steps the engine refused (a peer's message it did not accept). */
   refused: number;
-  /** Reject messages received from the hub: a proposal refused, mostly because both sides proposed at once. */
-  rejects: number;
-  /** The same, by the Reject's code. */
-  rejectCodes: Record<string, number>;
+  /** Reject messages received from the hub by code: a proposal refused (CONFLICT: both sides proposed at once). */
+  rejects: Record<string, number>;
   /** Times a user lost its connection to the hub. */
   disconnects: number;
 }
@@ -101,9 +99,8 @@ export class BenchUser {
       if (typeof message !== "object" || message === null || !("kind" in message)) return;
       const envelope = message as Envelope;
       if (envelope.kind === "channel" && envelope.message.type === "Reject") {
-        this.#counters.rejects++;
         const code = String(envelope.message.code);
-        this.#counters.rejectCodes[code] = (this.#counters.rejectCodes[code] ?? 0) + 1;
+        this.#counters.rejects[code] = (this.#counters.rejects[code] ?? 0) + 1;
       }
       const r = await this.#runner.step({ type: "deliver", from, envelope: message as Envelope });
       if (!r.ok) this.#counters.refused++;

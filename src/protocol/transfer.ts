@@ -916,6 +916,12 @@ function settleSent(w: Work, knower: Address, secret: Hex, secretHash: Hex): voi
   }
 }
 
+/** This node sends the secret towards `to`: the first hop learns it, and can claim this node's locks to it. */
+function settlePassingOn(w: Work, to: Address, secret: Hex, secretHash: Hex): void {
+  const hop = w.ctx.nextHop(to);
+  if (hop !== null) settleSent(w, hop, secret, secretHash);
+}
+
 function settle(w: Work, key: LockKey, s: SentLock, secret: Hex): void {
   // Too close to its expiry to settle off chain safely: the receiver's claim (off chain or on
   // chain in time) or the expiry decides.
@@ -1105,9 +1111,7 @@ function receiveSecretRequest(w: Work, m: SecretRequest): Received {
   }
   const reveal: SecretReveal = { type: "SecretReveal", paymentId, secret: p.secret };
   w.emit({ type: "sendTransfer", to: p.target, message: reveal });
-  // The hub passing the reveal on learns the secret: settle with it now.
-  const hop = w.ctx.nextHop(p.target);
-  if (hop !== null) settleSent(w, hop, p.secret, p.secretHash);
+  settlePassingOn(w, p.target, p.secret, p.secretHash);
   return { ok: true };
 }
 
@@ -1117,12 +1121,9 @@ function receiveSecretReveal(w: Work, from: Address, relayTo: Address | null, m:
   const secretHash = hashSecret(secret);
   learnSecret(w, secret, secretHash, true, from);
   settleSent(w, from, secret, secretHash);
-  // The next hop towards the recipient learns it from this node.
-  const hop = relayTo === null ? null : w.ctx.nextHop(relayTo);
-  if (hop !== null) settleSent(w, hop, secret, secretHash);
+  if (relayTo !== null) settlePassingOn(w, relayTo, secret, secretHash);
   return { ok: true };
 }
-
 
 // ------------------------------------------------------------------ time
 
@@ -1146,8 +1147,8 @@ function tick(w: Work): void {
   for (const [key, r] of w.get("received")) {
     const secret = w.get("secrets").get(r.secretHash);
     if (secret !== undefined) {
-      // A lock whose late unlock was refused is tried again once its secret is known on chain in time.
-      // The sender did not settle in time: claim it here.
+      // Unlocked here: a lock not yet claimed, one whose sender did not settle in time, and one
+      // whose late unlock was refused, once its secret is known on chain in time.
       const claimed = claimedOnChain(r);
       const waited = r.stage === "asked" && now >= (r.askedAt ?? 0n) + policy.settleSeconds;
       if ((r.stage === "locked" || waited || (r.stage === "lost" && claimed)) && (now <= r.expiry || claimed)) {
