@@ -322,6 +322,32 @@ describe("p2p transport (libp2p on 127.0.0.1)", function () {
     expect(thirteen?.status === "rejected" ? (thirteen.reason as P2PError).code : "").to.equal("nack");
   });
 
+  it("with pipelineHandler, a message arriving while an earlier call is still running is handled at once", async () => {
+    const { transport: a } = await startTransport("alice");
+    const { transport: b } = await startTransport("bob", { pipelineHandler: true });
+    let releaseFirst!: () => void;
+    const firstHeld = new Promise<void>((resolve) => (releaseFirst = resolve));
+    let firstCalled!: () => void;
+    const firstStarted = new Promise<void>((resolve) => (firstCalled = resolve));
+    let secondCalled!: () => void;
+    const secondStarted = new Promise<void>((resolve) => (secondCalled = resolve));
+    b.onMessage(async (_from, message) => {
+      if ((message as { n: number }).n === 1) {
+        firstCalled();
+        await firstHeld;
+      } else secondCalled();
+    });
+    await a.dial(b.multiaddrs[0]!);
+    const first = a.send(b.address, { n: 1 });
+    await firstStarted;
+    // The first call is now pending (its ack waits for it); the second message comes after that.
+    const second = a.send(b.address, { n: 2 });
+    const raced = await Promise.race([secondStarted.then(() => "second handled"), sleep(2000).then(() => "second waited")]);
+    releaseFirst();
+    await Promise.all([first, second]);
+    expect(raced).to.equal("second handled");
+  });
+
   it("keeps order and loses nothing when a slow handler makes the sender wait (16 MB pipelined)", async () => {
     const { transport: a } = await startTransport("alice", { sendTimeoutMs: 60_000 });
     const { transport: b } = await startTransport("bob");

@@ -230,6 +230,8 @@ class InChannel {
   /** Pipelined mode: handler calls started whose reply is not written yet, and the tail of the replies in order. */
   private inFlight = 0;
   private replies: Promise<void> = Promise.resolve();
+  /** Set while run() waits for replies with nothing queued: a frame arriving meanwhile is handled at once. */
+  private wake: (() => void) | null = null;
 
   constructor(
     stream: Stream,
@@ -267,6 +269,7 @@ class InChannel {
       this.io.pause();
     }
     if (!this.running) void this.run();
+    else if (this.wake !== null) this.wake();
   }
 
   private async run(): Promise<void> {
@@ -297,9 +300,15 @@ class InChannel {
           }
           this.maybeResume();
         }
-        // Acks still to write (pipelined): wait for them, then take what arrived meanwhile.
+        // Acks still to write (pipelined): wait for them, or for the next frame, whichever is first.
+        // Waiting for the replies alone would hold a message that arrives while the previous one is
+        // being persisted until that write is done.
         if (this.inFlight === 0 || !this.io.isOpen) break;
-        await this.replies;
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          void this.replies.then(resolve);
+        });
+        this.wake = null;
         this.maybeResume();
       }
     } finally {
