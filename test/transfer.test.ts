@@ -463,8 +463,10 @@ describe("expiry and refunds", function () {
     const genuine = signSecretRequest(fields, w.signers.get(b.address)!);
     const answered = w.net.submit(a.address, { type: "deliver", from: hub.address, envelope: { kind: "transfer", origin: b.address, to: a.address, ttl: 8, message: genuine } });
     expect(answered.ok).to.equal(true);
-    // The hub passes the secret on, so it can claim A's lock: A settles it at once.
-    expect(answered.send.map((o) => o.envelope.message.type)).to.deep.equal(["SecretReveal", "Propose"]);
+    // The hub passes the secret on, so it can claim A's lock: A settles it, held back for its
+    // next update until the shell's batching interval ends (run() flushes it).
+    expect(answered.send.map((o) => o.envelope.message.type)).to.deep.equal(["SecretReveal"]);
+    expect(answered.settlesHeld).to.equal(true);
     w.net.run();
     expect(a.payment(paymentId)?.status).to.equal("completed");
     expect(b.incoming(paymentId)[0]!.status).to.equal("received");
@@ -587,6 +589,112 @@ describe("locks whose secret reached the chain in time", function () {
     expectNoLocks(a.channel(ab)!, b.channel(ab)!);
     expect(mine(a, ab)).to.equal(DEPOSIT);
     expectIdle(a, b);
+  });
+});
+
+describe("a payer's settle rides with its next update", function () {
+  /** Delivers until the wire is empty, without the shell's settle flush that `run` adds. */
+  function deliverAll(w: World): void {
+    while (w.net.step());
+  }
+
+  /** A pays B an invoice of `amount`; everything delivered, the payer's settle not flushed. */
+  function payInvoice(w: World, a: NodeCore, b: NodeCore, amount: bigint): { paymentId: Hex; secret: Hex; proposed: Wire[] } {
+    const secret = rand32();
+    expect(w.net.submit(b.address, { type: "invoice", secret, amount, expiresAt: w.net.now + 3600n }).ok).to.equal(true);
+    const paymentId = rand32();
+    const proposed: Wire[] = [];
+    w.net.dropIf = (wire) => {
+      if (wire.from === a.address && isChannelMessage(wire, "Propose")) proposed.push(wire);
+      return false;
+    };
+    const r = w.net.submit(a.address, { type: "pay", paymentId, target: b.address, amount, secretHash: secretHash(secret) });
+    expect(r.ok, JSON.stringify(r.error)).to.equal(true);
+    deliverAll(w);
+    w.net.dropIf = null;
+    return { paymentId, secret, proposed };
+  }
+
+  const opsOf = (wire: Wire): string[] =>
+    wire.envelope.kind === "channel" && wire.envelope.message.type === "Propose" ? wire.envelope.message.ops.map((op) => op.type) : [];
+
+  it("is held once the payment completes, and goes in the same update as the payer's next lock", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    const ah = w.open(a, hub);
+    const hb = w.open(hub, b);
+    const first = payInvoice(w, a, b, 10n);
+    expect(a.payment(first.paymentId)?.status).to.equal("completed");
+    expect(b.incoming(first.paymentId)[0]?.status).to.equal("received");
+    // Only the lock was proposed by A; its settle waits, and A said so.
+    expect(first.proposed.map(opsOf)).to.deep.equal([["lock"]]);
+    expect(w.net.settlesHeld.has(a.address)).to.equal(true);
+    expect(a.channel(ah)!.latest.state.locked1 + a.channel(ah)!.latest.state.locked2).to.equal(10n);
+
+    w.net.settlesHeld.clear();
+    const second = payInvoice(w, a, b, 20n);
+    // The next lock's update carries the settle: one proposal, no round trip of its own.
+    expect(second.proposed.map(opsOf)).to.deep.equal([["unlock", "lock"]]);
+    expect(a.payment(second.paymentId)?.status).to.equal("completed");
+    w.net.run();
+    expectAgreement(a, hub, ah);
+    expectAgreement(hub, b, hb);
+    expect(mine(a, ah)).to.equal(DEPOSIT - 30n);
+    expect(mine(b, hb)).to.equal(DEPOSIT + 30n);
+    expectIdle(a, hub, b);
+    expect(w.net.rejected).to.deep.equal([]);
+  });
+
+  for (const input of ["flushSettles", "tick"] as const) {
+    it(`goes alone on ${input} when no other proposal comes`, () => {
+      const w = new World();
+      const [a, hub, b] = [w.node(), w.node(), w.node()];
+      const ah = w.open(a, hub);
+      w.open(hub, b);
+      payInvoice(w, a, b, 10n);
+      // Other inputs leave it held.
+      const other = w.net.submit(a.address, { type: "secretRevealed", secret: rand32() });
+      expect(other.send).to.deep.equal([]);
+      expect(other.settlesHeld).to.equal(true);
+      const r = w.net.submit(a.address, { type: input });
+      expect(r.ok).to.equal(true);
+      expect(r.settlesHeld).to.equal(false);
+      const proposals = r.send.map((o) => ({ id: 0, from: a.address, ...o })).filter((x) => isChannelMessage(x, "Propose"));
+      expect(proposals.map(opsOf)).to.deep.equal([["unlock"]]);
+      deliverAll(w);
+      expectAgreement(a, hub, ah);
+      expect(mine(a, ah)).to.equal(DEPOSIT - 10n);
+      expectIdle(a, hub, b);
+    });
+  }
+
+  it("a hub passing the secret on settles at once: only the payer's own settle is held", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    const hb = w.open(hub, b);
+    // A's own secret: B asks A for it, and A reveals it to B through the hub.
+    const paymentId = rand32();
+    w.pay(a, b, 10n, paymentId);
+    let reveal: Wire | undefined;
+    w.net.dropIf = (wire) => {
+      if (wire.from === a.address && isTransferMessage(wire, "SecretReveal")) reveal = wire;
+      return wire === reveal;
+    };
+    deliverAll(w);
+    w.net.dropIf = null;
+    expect(reveal, "A revealed its secret towards B").to.not.equal(undefined);
+    expect(w.net.settlesHeld.has(a.address)).to.equal(true);
+    const r = w.net.submit(hub.address, { type: "deliver", from: a.address, envelope: reveal!.envelope });
+    expect(r.ok, JSON.stringify(r.error)).to.equal(true);
+    // The hub proposes its unlock to B in the step that passes the secret on.
+    const unlockToB = r.send.filter((o) => o.to === b.address && o.envelope.kind === "channel" && o.envelope.message.type === "Propose");
+    expect(unlockToB.map((o) => ({ id: 0, from: hub.address, ...o })).map(opsOf)).to.deep.equal([["unlock"]]);
+    expect(r.settlesHeld).to.equal(false);
+    deliverAll(w);
+    expect(b.incoming(paymentId)[0]?.status).to.equal("received");
+    expectAgreement(hub, b, hb);
+    expect(mine(b, hb)).to.equal(DEPOSIT + 10n);
   });
 });
 

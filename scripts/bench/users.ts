@@ -175,6 +175,7 @@ export class BenchUser {
   }
 
   stop(): Promise<void> {
+    this.#runner.stop();
     return this.transport.stop();
   }
 

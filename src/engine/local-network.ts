@@ -32,6 +32,8 @@ export class LocalNetwork {
   readonly events = new Map<Address, NodeEvent[]>();
   readonly chain = new Map<Address, ChainAction[]>();
   readonly rejected: LoggedRejection[] = [];
+  /** Nodes whose last steps held a payer's settle back (`settlesHeld`): their shell's timer is due. */
+  readonly settlesHeld = new Set<Address>();
   #nextId = 1;
 
   constructor(start = 1_700_000_000n) {
@@ -101,21 +103,33 @@ export class LocalNetwork {
     return this.deliver(index);
   }
 
-  /** Delivers until nothing is in flight; returns how many messages were handled. */
+  /** What each node's shell does when its settle batching interval ends: input `flushSettles`. */
+  flushHeldSettles(): void {
+    const held = [...this.settlesHeld];
+    this.settlesHeld.clear();
+    for (const address of held) this.submit(address, { type: "flushSettles" });
+  }
+
+  /**
+   * Delivers until nothing is in flight; returns how many messages were handled. Held settles are
+   * flushed whenever the wire is empty (the batching interval is longer than any exchange here).
+   */
   run(opts: { random?: () => number; maxSteps?: number } = {}): number {
     const max = opts.maxSteps ?? 1_000_000;
     let steps = 0;
-    while (this.inflight.length > 0) {
+    for (;;) {
+      if (this.inflight.length === 0) this.flushHeldSettles();
+      if (this.inflight.length === 0) return steps;
       if (steps >= max) throw new Error(`LocalNetwork: still ${this.inflight.length} messages in flight after ${max} steps`);
       this.step(opts.random);
       steps++;
     }
-    return steps;
   }
 
   #collect(at: Address, result: StepResult, wire: Wire | null): void {
     this.events.get(at)?.push(...result.events);
     this.chain.get(at)?.push(...result.chain);
+    if (result.settlesHeld) this.settlesHeld.add(at);
     if (result.error) this.rejected.push({ node: at, wire, during: wire ? `deliver ${describe(wire.envelope)}` : "input", error: result.error });
     for (const r of result.rejected) this.rejected.push({ node: at, wire, ...r });
     for (const out of result.send) {

@@ -83,6 +83,8 @@ export type NodeInput =
   | { type: "deliver"; from: Address; envelope: Envelope }
   /** Time passed: expire locks, register secrets, retry what is unanswered. */
   | { type: "tick" }
+  /** Propose the payer's settles held back for batching (after a step reported `settlesHeld`). */
+  | { type: "flushSettles" }
   /** A secret revealed in the chain's SecretRegistry, at chain time `revealedAt`. */
   | { type: "secretRevealed"; secret: Hex; revealedAt?: bigint }
   /** Channel inputs that are not updates (funding seen on chain, withdraw, close). */
@@ -127,6 +129,11 @@ export interface StepResult {
   events: NodeEvent[];
   chain: ChainAction[];
   rejected: Rejection[];
+  /**
+   * A payer's settle waits to ride with its channel's next proposal: input `flushSettles` soon
+   * (the shell's settle batching interval), or the next tick proposes it.
+   */
+  settlesHeld: boolean;
 }
 
 export interface NodeCoreOptions {
@@ -156,6 +163,7 @@ class Step {
   readonly events: NodeEvent[] = [];
   readonly chain: ChainAction[] = [];
   readonly rejected: Rejection[] = [];
+  settlesHeld = false;
   constructor(readonly now: bigint) {}
 }
 
@@ -332,6 +340,7 @@ export class NodeCore {
       events: step.events,
       chain: step.chain,
       rejected: step.rejected,
+      settlesHeld: step.settlesHeld,
     };
   }
 
@@ -369,6 +378,8 @@ export class NodeCore {
       case "tick":
         this.#tick(step);
         return null;
+      case "flushSettles":
+        return this.#transfer(step, { type: "flushSettles" }, true);
       case "secretRevealed":
         return this.#transfer(step, { ...input, type: "secretRevealed" }, true);
       case "invoice":
@@ -489,6 +500,9 @@ export class NodeCore {
         step.send.push({ to: hop, envelope: { kind: "transfer", origin: this.address, to, ttl: this.#maxHops, message: e.message } });
         return;
       }
+      case "settlesHeld":
+        step.settlesHeld = true;
+        return;
       case "registerSecret":
         step.chain.push({ type: "registerSecret", secret: e.secret, secretHash: e.secretHash });
         return;

@@ -312,6 +312,7 @@ export class StarlingNode {
     this.stopped = true;
     clearInterval(this.tickTimer);
     clearInterval(this.watchTimer);
+    this.steps.stop();
     await this.chainEvents.stop();
     await this.steps.idle();
     await this.tower?.stop();

@@ -36,7 +36,16 @@ export interface StepRunnerOptions {
   augment?(r: StepResult, batch: Batch): void;
   /** Unix milliseconds stamped on finished payments. */
   now?: () => number;
+  /** How long a payer's settle may wait for its channel's next proposal; default {@link SETTLE_BATCH_MS}. */
+  settleBatchMs?: number;
 }
+
+/**
+ * Default wait for a payer's settle held back by the engine (`settlesHeld`): long enough for a
+ * program paying again at once to carry it in its next lock's update, short enough that the hub
+ * hardly notices (it already holds the payment's secret).
+ */
+export const SETTLE_BATCH_MS = 20;
 
 /** A look-up that decided the step is not needed: its value is returned instead. */
 export interface Skip<T> {
@@ -52,6 +61,9 @@ export class StepRunner {
   readonly #dispatch: StepRunnerOptions["dispatch"];
   readonly #augment: StepRunnerOptions["augment"];
   readonly #now: () => number;
+  readonly #settleBatchMs: number;
+  #settleTimer: NodeJS.Timeout | null = null;
+  #stopped = false;
   /** Tail of the apply order: resolves once every step queued so far has been applied. */
   #applied: Promise<unknown> = Promise.resolve();
   /** Steps queued but not yet applied; while zero a step applies synchronously. */
@@ -66,6 +78,14 @@ export class StepRunner {
     this.#dispatch = opts.dispatch;
     this.#augment = opts.augment;
     this.#now = opts.now ?? Date.now;
+    this.#settleBatchMs = opts.settleBatchMs ?? SETTLE_BATCH_MS;
+  }
+
+  /** Cancels the pending settle flush; held settles stay queued in the store and go with a later step (a tick). */
+  stop(): void {
+    this.#stopped = true;
+    if (this.#settleTimer !== null) clearTimeout(this.#settleTimer);
+    this.#settleTimer = null;
   }
 
   /** Applies `input` after every step queued before it; resolves once it is durable and dispatched. */
@@ -112,6 +132,14 @@ export class StepRunner {
 
   #apply(input: NodeInput): Promise<StepResult> {
     const r = this.#core.handle(input);
+    if (r.settlesHeld && this.#settleTimer === null && !this.#stopped) {
+      this.#settleTimer = setTimeout(() => {
+        this.#settleTimer = null;
+        // A failure here leaves the settles queued: the next tick proposes them.
+        this.step({ type: "flushSettles" }).catch(noop);
+      }, this.#settleBatchMs);
+      this.#settleTimer.unref();
+    }
     const batch = this.#batch(r);
     const committed = batch === null ? Promise.resolve({ outboxSeqs: [] as bigint[] }) : this.#store.commit(batch);
     const previous = this.#dispatched;

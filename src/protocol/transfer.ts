@@ -291,6 +291,8 @@ export type TransferInput =
   | { type: "receive"; from: Address; to: Address; message: TransferMessage }
   /** A secret seen in the chain's SecretRegistry (at chain time `revealedAt`): claim every received lock it opens. */
   | { type: "secretRevealed"; secret: Hex; revealedAt?: bigint }
+  /** Propose the payer's settles held back for batching (see {@link TransferEffect} `settlesHeld`). */
+  | { type: "flushSettles" }
   | { type: "tick" };
 
 export type TransferEffect =
@@ -301,7 +303,12 @@ export type TransferEffect =
   | { type: "registerSecret"; secret: Hex; secretHash: Hex }
   | { type: "paymentSent"; payment: OutgoingPayment }
   | { type: "paymentReceived"; payment: IncomingPayment }
-  | { type: "paymentFailed"; payment: Payment; reason: string };
+  | { type: "paymentFailed"; payment: Payment; reason: string }
+  /**
+   * A payer's settle (the unlock of the lock of its own completed payment) was held back to ride
+   * with the channel's next proposal: input `flushSettles` soon (a tick proposes it too).
+   */
+  | { type: "settlesHeld" };
 
 export type TransferErrorCode =
   | "BAD_INPUT"
@@ -581,12 +588,14 @@ function transitionOnce(state: TransferState, input: TransferInput, ctx: Transfe
       if (w.get("secrets").has(secretHash) && !w.get("registered").has(secretHash)) w.mut("registered").set(secretHash, w.now);
       break;
     }
+    case "flushSettles":
+      break;
     case "tick":
       tick(w);
       break;
   }
   // After a refusal the channel state that caused it has not changed: proposing again would loop.
-  if (input.type !== "proposalFailed") flush(w);
+  if (input.type !== "proposalFailed") flush(w, input.type === "flushSettles" || input.type === "tick");
   return payment ? { ok: true, state: w.finish(), effects: w.effects, payment } : { ok: true, state: w.finish(), effects: w.effects };
 }
 
@@ -1183,8 +1192,23 @@ function requeue(w: Work, channelId: Hex, ops: readonly Op[]): void {
   w.mut("queues").set(id, [...ops, ...(w.get("queues").get(id) ?? [])]);
 }
 
-/** Proposes each idle channel's queue as one update, after failing the operations that cannot pass. */
-function flush(w: Work): void {
+/**
+ * A payer's settle: the unlock of a lock it sent for its own payment, which completed when the
+ * payer was shown the secret. Nobody waits for it (the receiver knows the secret and holds the
+ * payment), so it may wait briefly for the channel's next proposal instead of costing a round
+ * trip of its own that the payer's next lock would queue behind.
+ */
+function isPayersSettle(w: Work, channelId: Hex, op: Op): boolean {
+  if (op.type !== "unlock") return false;
+  const s = w.get("sent").get(lockKey(channelId, hashSecret(op.secret)));
+  return s !== undefined && s.upstream === null && s.stage === "settling";
+}
+
+/**
+ * Proposes each idle channel's queue as one update, after failing the operations that cannot pass.
+ * A queue of nothing but payer's settles is held back (`settlesHeld`) unless `settles` is set.
+ */
+function flush(w: Work, settles: boolean): void {
   const { ctx } = w;
   const deps: Deps = {
     signer: ctx.signer,
@@ -1203,6 +1227,10 @@ function flush(w: Work): void {
       continue;
     }
     if (c.inflight) continue;
+    if (!settles && queue.every((op) => isPayersSettle(w, channelId, op))) {
+      w.emit({ type: "settlesHeld" });
+      continue;
+    }
     // Removals first: an expired lock frees the balance a new lock in the same batch may need.
     const ordered = [...queue].sort((a, b) => priority(a) - priority(b));
     const batch = ordered.slice(0, ctx.policy.maxOpsPerUpdate);
