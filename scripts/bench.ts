@@ -10,6 +10,7 @@
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
  *            --latency-samples N (one-at-a-time payments measured, default 200 quick / 500 full,
  *            after 300 / 500 unmeasured ones)  --skip-payments  --skip-scale  --skip-gas
+ *            --only latency|throughput (of the payments, only that part: to profile one path)
  *
  * What is measured (docs/performance.md explains each figure and how to reproduce it):
  *   throughput   payers pay payees A -> hub -> B with a fixed number of payments in flight each;
@@ -73,6 +74,8 @@ const CFG = {
   restarts: QUICK ? 2 : 3,
 };
 const profileDir = option("--profile");
+const ONLY = option("--only");
+if (ONLY !== undefined && ONLY !== "latency" && ONLY !== "throughput") throw new Error(`--only takes latency or throughput, got ${ONLY}`);
 
 const log = (msg: string): void => {
   const line = `[bench ${((performance.now() - T0) / 1000).toFixed(1).padStart(5)}s] ${msg}`;
@@ -322,27 +325,35 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     const startBalance = new Map(users.map((u) => [u.address, u.balance().mine]));
 
     // ---- latency, one at a time
-    const one = pairs[0]!;
-    await latencyRun(one, CFG.latencyWarmup);
-    const latCpuHub0 = cpuSeconds(hub.pid);
-    const latCpuLoad0 = process.cpuUsage();
-    const latStart = performance.now();
-    const lat = await latencyRun(one, CFG.latencySamples);
-    const latWall = performance.now() - latStart;
-    const latCpuLoad = process.cpuUsage(latCpuLoad0);
-    // Busy time per payment: what is left of a latency is waiting (network, LevelDB's thread, timers).
-    const latCpu = {
-      hubMs: round(((cpuSeconds(hub.pid) - latCpuHub0) * 1000) / lat.length, 3),
-      loadGeneratorMs: round((latCpuLoad.user + latCpuLoad.system) / 1000 / lat.length, 3),
-      wallMs: round(latWall / lat.length, 3),
-    };
-    figures.latencyCpuMsPerPayment = latCpu;
-    const latSorted = sortNum(lat);
-    figures.latencyP50Ms = round(percentile(latSorted, 50));
-    figures.latencyP99Ms = round(percentile(latSorted, 99));
-    const thirds = [0, 1, 2].map((k) => round(median(lat.slice((k * lat.length) / 3, ((k + 1) * lat.length) / 3))));
-    figures.latencyP50ByThirdMs = thirds;
-    log(`latency, one at a time (${lat.length}): p50 ${figures.latencyP50Ms} ms, p99 ${figures.latencyP99Ms} ms, p50 of each third ${thirds.join(" / ")}; CPU per payment hub ${latCpu.hubMs} ms, load generator ${latCpu.loadGeneratorMs} ms`);
+    if (ONLY !== "throughput") {
+      const one = pairs[0]!;
+      await latencyRun(one, CFG.latencyWarmup);
+      const latCpuHub0 = cpuSeconds(hub.pid);
+      const latCpuLoad0 = process.cpuUsage();
+      const latStart = performance.now();
+      const lat = await latencyRun(one, CFG.latencySamples);
+      const latWall = performance.now() - latStart;
+      const latCpuLoad = process.cpuUsage(latCpuLoad0);
+      // Busy time per payment: what is left of a latency is waiting (network, LevelDB's thread, timers).
+      const latCpu = {
+        hubMs: round(((cpuSeconds(hub.pid) - latCpuHub0) * 1000) / lat.length, 3),
+        loadGeneratorMs: round((latCpuLoad.user + latCpuLoad.system) / 1000 / lat.length, 3),
+        wallMs: round(latWall / lat.length, 3),
+      };
+      figures.latencyCpuMsPerPayment = latCpu;
+      const latSorted = sortNum(lat);
+      figures.latencyP50Ms = round(percentile(latSorted, 50));
+      figures.latencyP99Ms = round(percentile(latSorted, 99));
+      const thirds = [0, 1, 2].map((k) => round(median(lat.slice((k * lat.length) / 3, ((k + 1) * lat.length) / 3))));
+      figures.latencyP50ByThirdMs = thirds;
+      log(`latency, one at a time (${lat.length}): p50 ${figures.latencyP50Ms} ms, p99 ${figures.latencyP99Ms} ms, p50 of each third ${thirds.join(" / ")}; CPU per payment hub ${latCpu.hubMs} ms, load generator ${latCpu.loadGeneratorMs} ms`);
+    }
+
+    if (ONLY === "latency") {
+      clearInterval(ticker);
+      await settleCheck(users, startBalance);
+      return;
+    }
 
     // ---- throughput
     log(`throughput: ${pairs.length} payers x ${CFG.window} in flight; ${CFG.warmupMs} ms warm-up, ${CFG.windows} windows of ${CFG.windowMs} ms`);
@@ -412,24 +423,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
         `the users ${sigs.users.sign} and ${sigs.users.recover}: hub bound ${figures.cryptoBoundPaymentsPerSecond}/s on one core, ` +
         `whole system bound on ${cpus().length} cores ${figures.cryptoBoundThisMachinePaymentsPerSecond}/s`,
     );
-    // ---- every payment counted is paid: the locks settle, and each payer's channel lost and each
-    // payee's gained exactly what the completed payments say (1 unit each).
-    const tSettle = performance.now();
-    while (users.some((u) => u.balance().pending) && performance.now() - tSettle < 60_000) await sleep(100);
-    const wrong = users.filter((u) => {
-      const { mine, pending } = u.balance();
-      return pending || mine !== startBalance.get(u.address)! - BigInt(u.sent) + BigInt(u.received);
-    });
-    const sentTotal = users.reduce((n, u) => n + u.sent, 0);
-    const receivedTotal = users.reduce((n, u) => n + u.received, 0);
-    const settleMs = round(performance.now() - tSettle, 0);
-    const fundsAddUp = wrong.length === 0 && sentTotal === receivedTotal;
-    figures.paymentsSettled = { fundsAddUp, settleMs, completedPayments: sentTotal, receivedPayments: receivedTotal, channelsNotAddingUp: wrong.length };
-    log(`settled: ${sentTotal} payments completed, ${receivedTotal} received, ${wrong.length} channels pending or not adding up, after ${settleMs} ms`);
-    if (!fundsAddUp) {
-      log("ERROR: the payments counted do not match the channels' balances");
-      process.exitCode = 1;
-    }
+    await settleCheck(users, startBalance);
     figures.userSendFailures = counters.sendFailures;
     figures.userRefusedSteps = counters.refused;
     figures.rejectsReceivedByUsers = rejectCount(counters);
@@ -444,6 +438,29 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     await pool(users, 64, (u) => u.stop()).catch(() => undefined);
     await userStore?.close().catch(() => undefined);
     await hub?.stop();
+  }
+}
+
+/**
+ * Every payment counted is paid: the locks settle, and each payer's channel lost and each payee's
+ * gained exactly what the completed payments say (1 unit each). Sets `paymentsSettled`; exit status 1 if not.
+ */
+async function settleCheck(users: readonly BenchUser[], startBalance: ReadonlyMap<string, bigint>): Promise<void> {
+  const tSettle = performance.now();
+  while (users.some((u) => u.balance().pending) && performance.now() - tSettle < 60_000) await sleep(100);
+  const wrong = users.filter((u) => {
+    const { mine, pending } = u.balance();
+    return pending || mine !== startBalance.get(u.address)! - BigInt(u.sent) + BigInt(u.received);
+  });
+  const sentTotal = users.reduce((n, u) => n + u.sent, 0);
+  const receivedTotal = users.reduce((n, u) => n + u.received, 0);
+  const settleMs = round(performance.now() - tSettle, 0);
+  const fundsAddUp = wrong.length === 0 && sentTotal === receivedTotal;
+  figures.paymentsSettled = { fundsAddUp, settleMs, completedPayments: sentTotal, receivedPayments: receivedTotal, channelsNotAddingUp: wrong.length };
+  log(`settled: ${sentTotal} payments completed, ${receivedTotal} received, ${wrong.length} channels pending or not adding up, after ${settleMs} ms`);
+  if (!fundsAddUp) {
+    log("ERROR: the payments counted do not match the channels' balances");
+    process.exitCode = 1;
   }
 }
 
