@@ -223,7 +223,7 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
       await waitFor(async () => (await hub.channelWith(mallory))?.status === "closed", "the hub marks the channel closed");
       await waitFor(async () => (await mallory.channelWith(hub))?.status === "closed", "mallory's node marks it closed");
       // Bob, paid by mallory before, keeps it and his channel carries on.
-      const { mine: bob1 } = await agreed(bob, hub, { idle: true });
+      const { mine: bob1 } = await agreed(bob, hub);
       expect(bob1).to.include({ status: "open", balance: s(BigInt(bob0.balance) + 70n * T) });
     });
   });
@@ -290,8 +290,8 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
 
   describe("3. kill -9 of the hub at random moments during a stream of payments", () => {
     it("every payment completes or fails with its lock returned; both ends agree; nothing is lost; no channel closes", async () => {
-      const { mine: a0, theirs: ha0 } = await agreed(alice, hub, { idle: true });
-      const { mine: b0, theirs: hb0 } = await agreed(bob, hub, { idle: true });
+      const { mine: a0, theirs: ha0 } = await agreed(alice, hub);
+      const { mine: b0, theirs: hb0 } = await agreed(bob, hub);
       const payments = Array.from({ length: 40 }, (_, i) => ({ id: randomId(), amount: T + BigInt(i) * 10n ** 15n }));
       const started: string[] = [];
       const startErrors: string[] = [];
@@ -339,8 +339,8 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
       );
 
       // Every lock is resolved: the payee's unlock may come after the payer saw its payment complete.
-      const { mine: a1, theirs: ha1 } = await agreed(alice, hub, { idle: true, timeoutMs: 60_000 });
-      const { mine: b1, theirs: hb1 } = await agreed(bob, hub, { idle: true, timeoutMs: 60_000 });
+      const { mine: a1, theirs: ha1 } = await agreed(alice, hub, { timeoutMs: 60_000 });
+      const { mine: b1, theirs: hb1 } = await agreed(bob, hub, { timeoutMs: 60_000 });
       let paid = 0n;
       let completed = 0;
       for (const p of payments) {
@@ -403,8 +403,8 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
     async function settledPayment(paymentId: string, amount: bigint, before: { a: ChannelWire; ha: ChannelWire; b: ChannelWire; hb: ChannelWire }) {
       await waitFor(async () => (await alice.payment(paymentId)).outgoing?.status === "completed", "alice's payment completes", 30_000);
       await waitFor(async () => (await bob.payment(paymentId)).incoming.some((p) => p.status === "received"), "bob receives", 30_000);
-      const { mine: a1, theirs: ha1 } = await agreed(alice, hub, { idle: true });
-      const { mine: b1, theirs: hb1 } = await agreed(bob, hub, { idle: true });
+      const { mine: a1, theirs: ha1 } = await agreed(alice, hub);
+      const { mine: b1, theirs: hb1 } = await agreed(bob, hub);
       for (const ch of [a1, ha1, b1, hb1]) expect(ch).to.include({ status: "open", locked: "0", partnerLocked: "0" });
       expect(BigInt(before.a.balance) - BigInt(a1.balance)).to.equal(amount);
       expect(BigInt(b1.balance) - BigInt(before.b.balance)).to.equal(amount);
@@ -413,8 +413,8 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
     }
 
     it("restarted late (bob's lock still running), the hub learns the secret from SecretRevealed and claims from alice", async () => {
-      const { mine: a, theirs: ha } = await agreed(alice, hub, { idle: true });
-      const { mine: b, theirs: hb } = await agreed(bob, hub, { idle: true });
+      const { mine: a, theirs: ha } = await agreed(alice, hub);
+      const { mine: b, theirs: hb } = await agreed(bob, hub);
       const amount = 7n * T;
       const { paymentId } = await lockedWhileHubDown(amount);
       try {
@@ -428,8 +428,8 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
     });
 
     it("restarted after bob's lock expired (bob registered the secret in time), bob is still paid and the hub is not up at his expense", async () => {
-      const { mine: a, theirs: ha } = await agreed(alice, hub, { idle: true });
-      const { mine: b, theirs: hb } = await agreed(bob, hub, { idle: true });
+      const { mine: a, theirs: ha } = await agreed(alice, hub);
+      const { mine: b, theirs: hb } = await agreed(bob, hub);
       const amount = 3n * T;
       const { paymentId } = await lockedWhileHubDown(amount);
       // 500 s later: bob's lock (480 s) has expired, alice's (600 s) has not.
@@ -518,7 +518,7 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
       expect(second.totalWithdraw).to.equal(s(15n * T));
       expect(await c().tokenBalance(walt.address)).to.equal(15n * T);
       expect((await pay(alice, walt, 2n * T)).status).to.equal("completed");
-      const { mine: walt1 } = await agreed(walt, hub, { idle: true });
+      const { mine: walt1 } = await agreed(walt, hub);
       expect(walt1).to.include({ status: "open", withdrawn: s(15n * T), balance: s(37n * T) });
     });
   });

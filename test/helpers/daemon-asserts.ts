@@ -33,8 +33,9 @@ export async function eventually<V>(read: () => Promise<V>, expected: V, what: s
 }
 
 /**
- * Both ends' views of their channel, once they agree on the newest state; with `idle`, once
- * no lock is pending either (a payer may see its payment complete before the payee's unlock).
+ * Both ends' views of their channel, once they agree on the newest state and (unless `idle` is
+ * false) no lock is pending either: a payer sees its payment complete before its settling unlock,
+ * which may wait up to the settle batching interval to ride with its next update.
  */
 export async function agreed(
   a: ClusterNode,
@@ -57,10 +58,10 @@ export async function agreed(
         mine.partnerLocked === theirs.locked &&
         mine.withdrawn === theirs.partnerWithdrawn &&
         mine.deposit === theirs.partnerDeposit &&
-        (!opts.idle || (mine.locked === "0" && mine.partnerLocked === "0"))
+        (opts.idle === false || (mine.locked === "0" && mine.partnerLocked === "0"))
       );
     },
-    `${a.name} and ${b.name} agree on their channel${opts.idle ? " with no lock pending" : ""}`,
+    `${a.name} and ${b.name} agree on their channel${opts.idle === false ? "" : " with no lock pending"}`,
     opts.timeoutMs ?? 20_000,
   );
   return pair!;
