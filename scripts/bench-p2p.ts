@@ -6,7 +6,7 @@
  *   npx tsx scripts/bench-p2p.ts [messages]
  */
 import "../src/p2p/polyfill.js";
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../src/protocol/keccak.js";
 import { createTransport } from "../src/p2p/index.js";
 import { loadBackend } from "../src/signer/index.js";
 
@@ -14,8 +14,8 @@ const MESSAGES = Number(process.argv[2] ?? 20_000);
 const RUNS = 3;
 
 const utf8 = new TextEncoder();
-const key = (label: string): Uint8Array => keccak_256(utf8.encode(label));
-const hex = (bytes: number, seed: number): string => "0x" + Buffer.from(keccak_256(utf8.encode(String(seed)))).toString("hex").repeat(Math.ceil(bytes / 32)).slice(0, bytes * 2);
+const key = (label: string): Uint8Array => keccak256(utf8.encode(label));
+const hex = (bytes: number, seed: number): string => "0x" + Buffer.from(keccak256(utf8.encode(String(seed)))).toString("hex").repeat(Math.ceil(bytes / 32)).slice(0, bytes * 2);
 
 // Shaped like a channel update: a few bigints and hex strings, ~450 bytes of JSON.
 function message(i: number): unknown {

@@ -3,15 +3,15 @@
  * Usage: npx tsx scripts/bench-signer.ts
  */
 import { performance } from "node:perf_hooks";
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../src/protocol/keccak.js";
 import { loadBackend, type Secp256k1Backend } from "../src/signer/index.js";
 
 const RUNS = 5;
 const RUN_MS = 1000;
 const BATCH = 32;
 
-const DIGESTS: Uint8Array[] = Array.from({ length: 256 }, (_, i) => keccak_256(Uint8Array.of(i, i >> 8)));
-const KEY = keccak_256(new TextEncoder().encode("starling bench key"));
+const DIGESTS: Uint8Array[] = Array.from({ length: 256 }, (_, i) => keccak256(Uint8Array.of(i, i >> 8)));
+const KEY = keccak256(new TextEncoder().encode("starling bench key"));
 
 /** Operations per second of `op`, median over RUNS timed runs after a short warm-up. */
 function measure(op: (i: number) => void): number {

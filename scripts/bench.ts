@@ -27,7 +27,7 @@ import { cpus, loadavg } from "node:os";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../src/protocol/keccak.js";
 import { getBytes, Interface } from "ethers";
 import { artifact } from "../src/chain/artifacts.js";
 import { startDevnet, type Devnet } from "../src/chain/devnet.js";
@@ -121,8 +121,8 @@ async function setCreditLimit(devnet: Devnet, hub: string): Promise<void> {
 }
 
 function signerRates(backend: Secp256k1Backend, ms: number): { sign: number; recover: number } {
-  const signer = backend.createSigner(keccak_256(new TextEncoder().encode("bench signer")));
-  const digests = Array.from({ length: 64 }, (_, i) => keccak_256(Uint8Array.of(i)));
+  const signer = backend.createSigner(keccak256(new TextEncoder().encode("bench signer")));
+  const digests = Array.from({ length: 64 }, (_, i) => keccak256(Uint8Array.of(i)));
   const sigs = digests.map((d) => signer.signDigest(d));
   const rate = (op: (i: number) => void): number => {
     for (let i = 0; i < 200; i++) op(i);
@@ -318,7 +318,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     const tIssue = performance.now();
     await pool(pairs, 32, async ({ payer }) => {
       const arrived = payer.expectIssue();
-      await hub!.rpc.call("payment.issue", { paymentId: `0x${Buffer.from(keccak_256(new TextEncoder().encode(`issue-${payer.address}`))).toString("hex")}` as Hex, to: payer.address, amount: (10n ** 15n).toString() } as never);
+      await hub!.rpc.call("payment.issue", { paymentId: `0x${Buffer.from(keccak256(new TextEncoder().encode(`issue-${payer.address}`))).toString("hex")}` as Hex, to: payer.address, amount: (10n ** 15n).toString() } as never);
       await arrived;
     });
     log(`hub issued balance to ${pairs.length} payers in ${((performance.now() - tIssue) / 1000).toFixed(1)} s`);

@@ -1,5 +1,7 @@
 import { expect } from "chai";
 import { AbiCoder, TypedDataEncoder, getAddress, keccak256, type TypedDataField } from "ethers";
+import { keccak_256 as nobleKeccak } from "@noble/hashes/sha3.js";
+import { keccak256 as starlingKeccak } from "../src/protocol/keccak.js";
 import {
   ZERO_HASH,
   bytesToHex,
@@ -370,5 +372,20 @@ describe("eip712", () => {
       expect(() => channelId(1n, d.verifyingContract, p1, p2, 1.5)).to.throw(/counter/);
       expect(() => channelId(1n, d.verifyingContract, p2, p1, 0)).to.throw(/ordered/);
     });
+  });
+});
+
+describe("keccak256", () => {
+  it("matches ethers' and @noble/hashes' on every length around the 136-byte block, and on large inputs", () => {
+    for (const length of [0, 1, 31, 32, 33, 64, 135, 136, 137, 271, 272, 273, 1000, 65_537]) {
+      const data = Uint8Array.from({ length }, (_, i) => (i * 131 + length) & 0xff);
+      const ours = starlingKeccak(data);
+      expect(ours).to.be.instanceOf(Uint8Array);
+      expect(Buffer.from(ours).toString("hex"), `length ${length}`).to.equal(keccak256(data).slice(2));
+      expect(Buffer.from(ours).toString("hex"), `length ${length}`).to.equal(Buffer.from(nobleKeccak(data)).toString("hex"));
+    }
+    // A view into a larger buffer hashes only its own bytes.
+    const big = Uint8Array.from({ length: 100 }, (_, i) => i);
+    expect(Buffer.from(starlingKeccak(big.subarray(10, 42))).toString("hex")).to.equal(keccak256(big.subarray(10, 42)).slice(2));
   });
 });

@@ -1,7 +1,7 @@
 // Before anything that loads libp2p.
 import "../src/p2p/polyfill.js";
 import { expect } from "chai";
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../src/protocol/keccak.js";
 import type { Connection, Stream } from "@libp2p/interface";
 import { lpStream } from "@libp2p/utils";
 import { multiaddr } from "@multiformats/multiaddr";
@@ -15,8 +15,8 @@ import { loadBackend, type Address, type Signer } from "../src/signer/index.js";
 const backend = await loadBackend("auto");
 const utf8 = new TextEncoder();
 
-const ethKey = (label: string): Uint8Array => keccak_256(utf8.encode(`starling-test-eth:${label}`));
-const peerSeed = (label: string): Uint8Array => keccak_256(utf8.encode(`starling-test-peer:${label}`));
+const ethKey = (label: string): Uint8Array => keccak256(utf8.encode(`starling-test-eth:${label}`));
+const peerSeed = (label: string): Uint8Array => keccak256(utf8.encode(`starling-test-peer:${label}`));
 const signerFor = (label: string): Signer => backend.createSigner(ethKey(label));
 
 interface Stoppable {

@@ -5,7 +5,7 @@
  * record looks once the channel is idle. A sample of channels gets many more updates, to show that
  * a channel's record does not grow with its payments.
  */
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../../src/protocol/keccak.js";
 import { DEFAULT_POLICY, newChannel, transition, type ChannelData, type ChannelMessage, type Deps, type Op } from "../../src/protocol/channel.js";
 import { bytesToHex, normalizeAddress, orderParticipants } from "../../src/protocol/eip712.js";
 import type { Address, Domain, Hex } from "../../src/protocol/types.js";
@@ -13,7 +13,7 @@ import type { Secp256k1Backend, Signer } from "../../src/signer/index.js";
 import { encode, LevelStore } from "../../src/store/index.js";
 
 const utf8 = new TextEncoder();
-const seed = (label: string): Uint8Array => keccak_256(utf8.encode(label));
+const seed = (label: string): Uint8Array => keccak256(utf8.encode(label));
 
 function step(c: ChannelData, input: Parameters<typeof transition>[1], deps: Deps): { c: ChannelData; sent: ChannelMessage[] } {
   const r = transition(c, input, deps);

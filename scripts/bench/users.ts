@@ -7,7 +7,7 @@
  *
  * What a user daemon does and these users do not: poll the chain, serve JSON-RPC, keep metrics.
  */
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../../src/protocol/keccak.js";
 import { randomBytes } from "node:crypto";
 import { Interface, type JsonRpcProvider } from "ethers";
 import { artifact } from "../../src/chain/artifacts.js";
@@ -24,7 +24,7 @@ import type { Store } from "../../src/store/index.js";
 import type { HubRpc } from "./hub.js";
 
 const utf8 = new TextEncoder();
-const seed = (label: string): Uint8Array => keccak_256(utf8.encode(label));
+const seed = (label: string): Uint8Array => keccak256(utf8.encode(label));
 const unixNow = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 const newId = (): Hex => `0x${randomBytes(32).toString("hex")}`;
 

@@ -4,7 +4,7 @@
  * exactly these two peers (noise already authenticates the peer ids), and a timestamp, so an old
  * one can't be replayed later.
  */
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../protocol/keccak.js";
 import type { PeerId } from "@libp2p/interface";
 import type { Address, Signer, Verifier } from "../signer/index.js";
 
@@ -51,7 +51,7 @@ export function helloDigest(senderPeerId: PeerId, receiverPeerId: PeerId, timest
   buf.set(receiver, o);
   o += receiver.length;
   new DataView(buf.buffer).setBigUint64(o, BigInt(timestamp));
-  return keccak_256(buf);
+  return keccak256(buf);
 }
 
 export function makeHello(init: { signer: Signer; version: number; localPeer: PeerId; remotePeer: PeerId; timestamp?: number }): Hello {

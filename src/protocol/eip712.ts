@@ -6,7 +6,7 @@
  * every hash encodes straight into a single buffer of the exact size, with no intermediate
  * hex strings.
  */
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "./keccak.js";
 import type {
   Address,
   ChannelState,
@@ -106,7 +106,7 @@ const utf8 = new TextEncoder();
 
 /** EIP-55 checksum of 40 lowercase hex digits (no prefix). */
 function checksumHex(lower40: string): string {
-  const hash = keccak_256(utf8.encode(lower40));
+  const hash = keccak256(utf8.encode(lower40));
   let out = "";
   for (let i = 0; i < 40; i++) {
     const c = lower40[i]!;
@@ -185,14 +185,14 @@ function words(count: number): [Uint8Array, DataView] {
   return [buf, new DataView(buf.buffer)];
 }
 
-const typeHash = (type: string): Uint8Array => keccak_256(utf8.encode(type));
+const typeHash = (type: string): Uint8Array => keccak256(utf8.encode(type));
 const DOMAIN_TYPEHASH = typeHash(EIP712_DOMAIN_TYPE);
 const STATE_TYPEHASH = typeHash(STATE_TYPE);
 const UPDATE_TYPEHASH = typeHash(UPDATE_TYPE);
 const WITHDRAW_TYPEHASH = typeHash(WITHDRAW_TYPE);
 const COOPERATIVE_CLOSE_TYPEHASH = typeHash(COOPERATIVE_CLOSE_TYPE);
-const NAME_HASH = keccak_256(utf8.encode(DOMAIN_NAME));
-const VERSION_HASH = keccak_256(utf8.encode(DOMAIN_VERSION));
+const NAME_HASH = keccak256(utf8.encode(DOMAIN_NAME));
+const VERSION_HASH = keccak256(utf8.encode(DOMAIN_VERSION));
 
 // ------------------------------------------------------------------ domain
 
@@ -215,7 +215,7 @@ function domainSeparatorBytes(domain: Domain): Uint8Array {
   buf.set(VERSION_HASH, 64);
   writeUint(view, 96, chainId, MAX_UINT256, "domain.chainId");
   writeAddress(buf, 128, verifyingContract, "domain.verifyingContract");
-  const separator = keccak_256(buf);
+  const separator = keccak256(buf);
   if (domainCache.size >= DOMAIN_CACHE_LIMIT) domainCache.clear();
   domainCache.set(key, separator);
   return separator;
@@ -233,7 +233,7 @@ function typedDataDigest(domain: Domain, structHash: Uint8Array): Uint8Array {
   buf[1] = 0x01;
   buf.set(separator, 2);
   buf.set(structHash, 34);
-  return keccak_256(buf);
+  return keccak256(buf);
 }
 
 // ------------------------------------------------------------ struct hashes
@@ -253,7 +253,7 @@ function stateStructHash(state: ChannelState): Uint8Array {
   writeUint(view, 160, state.locked1, MAX_UINT256, "state.locked1");
   writeUint(view, 192, state.locked2, MAX_UINT256, "state.locked2");
   writeHex(buf, 224, state.locksRoot, 32, "state.locksRoot");
-  return keccak_256(buf);
+  return keccak256(buf);
 }
 
 function updateStructHash(channelId: Hex, revokedBelow: bigint, stateHash: Hex): Uint8Array {
@@ -262,7 +262,7 @@ function updateStructHash(channelId: Hex, revokedBelow: bigint, stateHash: Hex):
   writeHex(buf, 32, channelId, 32, "update.channelId");
   writeUint(view, 64, revokedBelow, MAX_UINT64, "update.revokedBelow");
   writeHex(buf, 96, stateHash, 32, "update.stateHash");
-  return keccak_256(buf);
+  return keccak256(buf);
 }
 
 function withdrawStructHash(w: WithdrawRequest): Uint8Array {
@@ -273,7 +273,7 @@ function withdrawStructHash(w: WithdrawRequest): Uint8Array {
   writeAddress(buf, 64, w.participant, "withdraw.participant");
   writeUint(view, 96, w.totalWithdraw, MAX_UINT256, "withdraw.totalWithdraw");
   writeUint(view, 128, w.expiry, MAX_UINT256, "withdraw.expiry");
-  return keccak_256(buf);
+  return keccak256(buf);
 }
 
 function cooperativeCloseStructHash(c: CooperativeCloseTerms): Uint8Array {
@@ -283,7 +283,7 @@ function cooperativeCloseStructHash(c: CooperativeCloseTerms): Uint8Array {
   writeHex(buf, 32, c.channelId, 32, "cooperativeClose.channelId");
   writeUint(view, 64, c.balance1, MAX_UINT256, "cooperativeClose.balance1");
   writeUint(view, 96, c.balance2, MAX_UINT256, "cooperativeClose.balance2");
-  return keccak_256(buf);
+  return keccak256(buf);
 }
 
 /** EIP-712 struct hash of a state (the contract's `hashState`). */
@@ -356,7 +356,7 @@ export function locksRoot(locks: readonly Lock[]): Hex {
     writeUint(view, base + 64, expiry, MAX_UINT256, `${label}.expiry`);
     writeHex(buf, base + 96, hash, 32, `${label}.secretHash`);
   }
-  return bytesToHex(keccak_256(buf));
+  return bytesToHex(keccak256(buf));
 }
 
 /** keccak256(abi.encode(bytes32 secret)): for a single bytes32 that is the hash of the raw bytes. */
@@ -370,12 +370,12 @@ export function secretHash(secret: Hex | Uint8Array): Hex {
     if (known !== undefined) return known;
     bytes = new Uint8Array(32);
     writeHex(bytes, 0, secret, 32, "secret");
-    const hash = bytesToHex(keccak_256(bytes));
+    const hash = bytesToHex(keccak256(bytes));
     if (secretHashes.size >= SECRET_HASH_CACHE) secretHashes.clear();
     secretHashes.set(secret, hash);
     return hash;
   }
-  return bytesToHex(keccak_256(bytes));
+  return bytesToHex(keccak256(bytes));
 }
 
 /**
@@ -403,5 +403,5 @@ export function channelId(chainId: bigint, contract: Address, p1: Address, p2: A
   const lo1 = p1.toLowerCase();
   const lo2 = p2.toLowerCase();
   if (lo1 >= lo2) throw new Error(`channelId: participants must be ordered p1 < p2, got ${p1} and ${p2}`);
-  return bytesToHex(keccak_256(buf));
+  return bytesToHex(keccak256(buf));
 }

@@ -8,7 +8,7 @@
  * is relayed by the hub, which must not be able to make the payer reveal its secret before the
  * payee holds a lock: so the payee signs it, and the payer checks the signer is its target.
  */
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "./keccak.js";
 import { bytesToHex, hexToBytes, normalizeAddress } from "./eip712.js";
 import type { Address, Hex } from "./types.js";
 import type { Signer, Verifier } from "../signer/types.js";
@@ -78,8 +78,8 @@ export function secretRequestDigest(r: SecretRequestFields): Uint8Array {
   writeUint256(body, o + 96, r.expiry, "expiry");
   const outer = new Uint8Array(EIP191_PREFIX.length + 32);
   outer.set(EIP191_PREFIX, 0);
-  outer.set(keccak_256(body), EIP191_PREFIX.length);
-  return keccak_256(outer);
+  outer.set(keccak256(body), EIP191_PREFIX.length);
+  return keccak256(outer);
 }
 
 export function signSecretRequest(fields: SecretRequestFields, signer: Signer): SecretRequest {

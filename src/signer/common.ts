@@ -1,5 +1,5 @@
 /** Checks and encodings shared by both secp256k1 backends, so they accept exactly the same input. */
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../protocol/keccak.js";
 import { bytesToHex } from "../protocol/eip712.js";
 import type { Address } from "../protocol/types.js";
 
@@ -63,5 +63,5 @@ export function copyPrivateKey(privateKey: unknown): Uint8Array {
 /** Last 20 bytes of keccak256 of a 65-byte uncompressed public key without its 0x04 prefix. */
 export function addressFromPublicKey(uncompressed: Uint8Array): Address {
   if (uncompressed.length !== 65 || uncompressed[0] !== 4) throw new Error("expected a 65-byte uncompressed public key");
-  return bytesToHex(keccak_256(uncompressed.subarray(1)).subarray(12));
+  return bytesToHex(keccak256(uncompressed.subarray(1)).subarray(12));
 }

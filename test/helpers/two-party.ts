@@ -4,7 +4,7 @@
  * `Update` signature each party makes and fails as soon as one party signs two different states
  * with the same nonce. Used by the channel unit and property tests.
  */
-import { keccak_256 } from "@noble/hashes/sha3.js";
+import { keccak256 } from "../../src/protocol/keccak.js";
 import {
   DEFAULT_POLICY,
   newChannel,
@@ -39,12 +39,12 @@ export const DOMAIN: Domain = { chainId: 31337n, verifyingContract: `0x${"22".re
 
 /** A deterministic private key per label (keccak of the label: a valid scalar for any label used here). */
 export function testKey(label: string): Uint8Array {
-  return keccak_256(new TextEncoder().encode(`starling test key ${label}`));
+  return keccak256(new TextEncoder().encode(`starling test key ${label}`));
 }
 
 /** A deterministic 32-byte secret per index, and its hash. */
 export function testSecret(index: number): { secret: Hex; hash: Hex } {
-  const secret = bytesToHex(keccak_256(new TextEncoder().encode(`starling test secret ${index}`)));
+  const secret = bytesToHex(keccak256(new TextEncoder().encode(`starling test secret ${index}`)));
   return { secret, hash: secretHash(secret) };
 }
 
