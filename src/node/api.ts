@@ -205,7 +205,7 @@ export function nodeMethods(node: StarlingNode) {
 
 export const nodeEvents = [
   defineEvent("payment.received", paymentSchema, "A payment to this node completed (its funds are in a signed state)."),
-  defineEvent("payment.sent", paymentSchema, "An outgoing payment completed: the payee holds it and this node has the secret (its unlock settles in the channel right after)."),
+  defineEvent("payment.sent", paymentSchema, "An outgoing payment completed: the payee holds it and this node has the secret (its unlock settles in the channel with the next update, or within 20 ms)."),
   defineEvent("payment.failed", paymentSchema, "A payment failed; its locked funds returned."),
   defineEvent("channel.changed", channelSummarySchema, "A channel's state, funding or status changed."),
 ] as const;
