@@ -1,0 +1,97 @@
+import { expect } from "chai";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { LocalNetwork, openLocalChannel, type Wire } from "../src/engine/local-network.js";
+import { NodeCore, type StepResult } from "../src/engine/node-core.js";
+import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
+import type { Domain, Hex } from "../src/protocol/types.js";
+import { StepRunner } from "../src/node/steps.js";
+import { loadBackend } from "../src/signer/index.js";
+import { LevelStore } from "../src/store/store.js";
+
+const DOMAIN: Domain = { chainId: 31337n, verifyingContract: `0x${"11".repeat(20)}` };
+const backend = await loadBackend("auto");
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const id32 = (n: number): Hex => bytesToHex(new Uint8Array(32).fill(n));
+
+describe("step runner", function () {
+  let dir: string;
+  let store: LevelStore;
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), "starling-steps-"));
+    store = new LevelStore(join(dir, "db"));
+    await store.open();
+  });
+  afterEach(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A pays B's invoice through the hub in memory, up to the hub's SecretReveal to A (not delivered). */
+  function upToReveal(): { net: LocalNetwork; a: NodeCore; reveal: Wire } {
+    const net = new LocalNetwork();
+    const make = (n: number) => net.add(new NodeCore({ signer: backend.createSigner(new Uint8Array(32).fill(n)), verifier: backend.verifier, clock: net.clock }));
+    const [a, hub, b] = [make(1), make(2), make(3)];
+    openLocalChannel({ domain: DOMAIN, a, b: hub, depositA: 1000n, depositB: 1000n });
+    openLocalChannel({ domain: DOMAIN, a: hub, b, depositA: 1000n, depositB: 1000n });
+    const secret = id32(7);
+    expect(net.submit(b.address, { type: "invoice", secret, amount: 10n, expiresAt: net.now + 3600n }).ok).to.equal(true);
+    expect(net.submit(a.address, { type: "pay", paymentId: id32(8), target: b.address, amount: 10n, secretHash: secretHash(secret) }).ok).to.equal(true);
+    let reveal: Wire | undefined;
+    net.dropIf = (w) => {
+      if (w.to === a.address && w.envelope.kind === "transfer" && w.envelope.message.type === "SecretReveal") reveal = w;
+      return w === reveal;
+    };
+    while (net.step());
+    expect(reveal, "the hub showed A the secret").to.not.equal(undefined);
+    return { net, a, reveal: reveal! };
+  }
+
+  it("proposes a held settle (input flushSettles) once the settle batching interval has passed", async () => {
+    const { a, reveal } = upToReveal();
+    const dispatched: StepResult[] = [];
+    const runner = new StepRunner({
+      core: a,
+      store,
+      keys: { transfers: "t!", outboxPeer: (to) => to, payment: (p) => `${p.direction}:${p.paymentId}` },
+      dispatch: (r) => void dispatched.push(r),
+      settleBatchMs: 30,
+    });
+    const completed = await runner.step({ type: "deliver", from: reveal.from, envelope: reveal.envelope });
+    expect(completed.events.some((e) => e.type === "paymentSent")).to.equal(true);
+    expect(completed.settlesHeld).to.equal(true);
+    expect(completed.send).to.deep.equal([]);
+    await sleep(10);
+    expect(dispatched.length, "nothing proposed before the interval").to.equal(1);
+    await sleep(60);
+    await runner.idle();
+    expect(dispatched.length).to.equal(2);
+    const [proposal] = dispatched[1]!.send;
+    expect(proposal?.envelope.kind === "channel" && proposal.envelope.message.type === "Propose" ? proposal.envelope.message.ops.map((op) => op.type) : []).to.deep.equal(["unlock"]);
+    // The proposal went through the store like any step's messages.
+    expect((await store.listOutbox()).length).to.equal(1);
+    runner.stop();
+  });
+
+  it("after stop, a held settle stays queued for the next tick", async () => {
+    const { a, reveal } = upToReveal();
+    const dispatched: StepResult[] = [];
+    const runner = new StepRunner({
+      core: a,
+      store,
+      keys: { transfers: "t!", outboxPeer: (to) => to, payment: (p) => `${p.direction}:${p.paymentId}` },
+      dispatch: (r) => void dispatched.push(r),
+      settleBatchMs: 10,
+    });
+    expect((await runner.step({ type: "deliver", from: reveal.from, envelope: reveal.envelope })).settlesHeld).to.equal(true);
+    runner.stop();
+    await sleep(40);
+    await runner.idle();
+    expect(dispatched.length).to.equal(1);
+    // The settle is in the persisted transfer state's queue: a tick (as after a restart) proposes it.
+    expect((await store.listMeta("t!queues!")).length).to.equal(1);
+    const ticked = a.handle({ type: "tick" });
+    expect(ticked.send.filter((o) => o.envelope.kind === "channel" && o.envelope.message.type === "Propose")).to.have.length(1);
+  });
+});
