@@ -234,6 +234,8 @@ describe("end to end: hub and users as daemons on the embedded chain", function 
     });
 
     it("more than the available balance is INSUFFICIENT_BALANCE (-32010) and changes nothing", async () => {
+      // Once the previous payment's settle (held up to the settle batching interval) has landed.
+      await agreed(alice, hub);
       const before = { alice: await alice.channelWith(hub), hub: await hub.channelWith(alice), balances: await alice.balances() };
       const paymentId = randomId();
       const err = await rpcError(pay(alice, bob, before.balances.available + 1n, paymentId));

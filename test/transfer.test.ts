@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import { randomBytes } from "node:crypto";
 import { LocalNetwork, openLocalChannel, type Wire } from "../src/engine/local-network.js";
-import { NodeCore } from "../src/engine/node-core.js";
+import { IN_A_BUNDLE, MAX_BUNDLE_MESSAGES, NodeCore, bundleByPeer, type Envelope } from "../src/engine/node-core.js";
 import { capacity, sameState, share, type ChannelData, type ChannelMessage } from "../src/protocol/channel.js";
 import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
 import { lockKey, signSecretRequest, type SecretRequest, type SecretReveal } from "../src/protocol/transfer.js";
@@ -695,6 +695,120 @@ describe("a payer's settle rides with its next update", function () {
     expect(b.incoming(paymentId)[0]?.status).to.equal("received");
     expectAgreement(hub, b, hb);
     expect(mine(b, hb)).to.equal(DEPOSIT + 10n);
+  });
+});
+
+describe("bundles: a step's messages for one peer as one", function () {
+  /** Delivers the oldest link's queued messages as one bundle (or alone), until the wire is empty. */
+  function runBundled(w: World): void {
+    for (;;) {
+      if (w.net.inflight.length === 0) w.net.flushHeldSettles();
+      const first = w.net.inflight[0];
+      if (!first) return;
+      const link = w.net.inflight.filter((x) => x.from === first.from && x.to === first.to).slice(0, MAX_BUNDLE_MESSAGES);
+      for (const x of link) w.net.inflight.splice(w.net.inflight.indexOf(x), 1);
+      const envelope = link.length === 1 ? link[0]!.envelope : { kind: "bundle" as const, messages: link.map((x) => x.envelope) };
+      w.net.submit(first.to, { type: "deliver", from: first.from, envelope });
+    }
+  }
+
+  /** Two payers paying two payees' invoices, several in flight; returns the channels' balances and statuses. */
+  function scenario(deliver: (w: World) => void): { balances: bigint[]; statuses: string[]; rejected: number } {
+    const w = new World();
+    const hub = w.node();
+    const users = [w.node(), w.node(), w.node(), w.node()];
+    const channels = users.map((u) => w.open(u, hub));
+    const ids: { from: NodeCore; to: NodeCore; paymentId: Hex }[] = [];
+    for (let round = 0; round < 3; round++) {
+      for (let k = 0; k < 6; k++) {
+        const from = users[k % 2]!;
+        const to = users[2 + (k % 2)]!;
+        const secret = bytesToHex(new Uint8Array(32).fill(1 + round * 16 + k));
+        w.net.submit(to.address, { type: "invoice", secret, amount: 5n, expiresAt: w.net.now + 3600n });
+        const paymentId = bytesToHex(new Uint8Array(32).fill(101 + round * 16 + k));
+        w.net.submit(from.address, { type: "pay", paymentId, target: to.address, amount: 5n, secretHash: secretHash(secret) });
+        ids.push({ from, to, paymentId });
+      }
+      deliver(w);
+    }
+    return {
+      balances: users.map((u, i) => mine(u, channels[i]!)),
+      statuses: ids.flatMap(({ from, to, paymentId }) => [from.payment(paymentId)?.status ?? "none", to.incoming(paymentId)[0]?.status ?? "none"]),
+      rejected: w.net.rejected.length,
+    };
+  }
+
+  it("delivered as bundles, messages have the same effect as one by one", () => {
+    const single = scenario((w) => w.net.run());
+    const bundled = scenario(runBundled);
+    expect(single.statuses.every((st) => st === "completed" || st === "received")).to.equal(true);
+    expect(bundled).to.deep.equal(single);
+    expect(bundled.rejected).to.equal(0);
+  });
+
+  it("a refused message in a bundle is refused alone; the others are applied", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    w.open(hub, b);
+    const secret = rand32();
+    w.net.submit(b.address, { type: "invoice", secret, amount: 10n, expiresAt: w.net.now + 3600n });
+    const r = a.handle({ type: "pay", paymentId: rand32(), target: b.address, amount: 10n, secretHash: secretHash(secret) });
+    expect(r.send.map((o) => o.envelope.message.type)).to.deep.equal(["LockedTransfer", "Propose"]);
+    const propose = r.send[1]!.envelope;
+    const stranger: Envelope = propose.kind === "channel" ? { kind: "channel", message: { ...propose.message, channelId: rand32() } } : propose;
+    const got = w.net.submit(hub.address, { type: "deliver", from: a.address, envelope: { kind: "bundle", messages: [stranger, ...r.send.map((o) => o.envelope)] } });
+    expect(got.ok).to.equal(true);
+    expect(got.rejected.map((x) => [x.error.code, x.during.endsWith(IN_A_BUNDLE)])).to.deep.equal([["UNKNOWN_CHANNEL", true]]);
+    // The lock was taken: countersigned to A, forwarded to B.
+    expect(got.send.filter((o) => o.to === a.address).map((o) => o.envelope.message.type)).to.deep.equal(["Countersign"]);
+    expect(got.send.filter((o) => o.to === b.address).map((o) => o.envelope.message.type)).to.deep.equal(["LockedTransfer", "Propose"]);
+  });
+
+  it("an empty, oversized or nested bundle is refused whole and changes nothing", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    w.open(hub, b);
+    const r = a.handle({ type: "pay", paymentId: rand32(), target: b.address, amount: 10n, secret: rand32() });
+    const messages = r.send.map((o) => o.envelope);
+    const bad: unknown[] = [
+      { kind: "bundle", messages: [] },
+      { kind: "bundle", messages: Array.from({ length: MAX_BUNDLE_MESSAGES + 1 }, () => messages[0]) },
+      { kind: "bundle", messages: [...messages, { kind: "bundle", messages }] },
+      { kind: "bundle", messages: "not a list" },
+      { kind: "bundle", messages: [null] },
+    ];
+    for (const [i, envelope] of bad.entries()) {
+      const got = hub.handle({ type: "deliver", from: a.address, envelope: envelope as Envelope });
+      expect(got.ok, `bad bundle ${i}`).to.equal(false);
+      expect(got.error?.code).to.equal("BAD_INPUT");
+      expect(got.send).to.deep.equal([]);
+      expect(got.persist.channels).to.deep.equal([]);
+      expect(got.persist.transfers).to.equal(null);
+    }
+  });
+
+  it("bundleByPeer keeps each peer's order, leaves a lone message as it is and splits at the limit", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    w.open(hub, b);
+    const r = a.handle({ type: "pay", paymentId: rand32(), target: b.address, amount: 10n, secret: rand32() });
+    const [lt, propose] = r.send.map((o) => o.envelope) as [Envelope, Envelope];
+    expect(bundleByPeer([{ to: hub.address, envelope: lt }])).to.deep.equal([{ to: hub.address, envelope: lt }]);
+    expect(bundleByPeer([])).to.deep.equal([]);
+    const mixed = bundleByPeer([
+      { to: hub.address, envelope: lt },
+      { to: b.address, envelope: propose },
+      { to: hub.address, envelope: propose },
+    ]);
+    expect(mixed).to.deep.equal([
+      { to: hub.address, envelope: { kind: "bundle", messages: [lt, propose] } },
+      { to: b.address, envelope: propose },
+    ]);
+    const many = bundleByPeer(Array.from({ length: MAX_BUNDLE_MESSAGES + 1 }, () => ({ to: hub.address, envelope: lt })));
+    expect(many.map((m) => (m.envelope.kind === "bundle" ? m.envelope.messages.length : 1))).to.deep.equal([MAX_BUNDLE_MESSAGES, 1]);
   });
 });
 

@@ -12,8 +12,8 @@ import { randomBytes } from "node:crypto";
 import { Interface, type JsonRpcProvider } from "ethers";
 import { artifact } from "../../src/chain/artifacts.js";
 import type { Deployment } from "../../src/chain/deploy.js";
-import { NodeCore, type Envelope, type StepResult } from "../../src/engine/node-core.js";
-import { StepRunner } from "../../src/node/steps.js";
+import { IN_A_BUNDLE, NodeCore, type StepResult, type WireEnvelope } from "../../src/engine/node-core.js";
+import { StepRunner, type WireMessage } from "../../src/node/steps.js";
 import { createTransport, type P2PTransport } from "../../src/p2p/index.js";
 import { balances, newChannel, type ChannelData, type Funding } from "../../src/protocol/channel.js";
 import { normalizeAddress, orderParticipants, secretHash as hashSecret } from "../../src/protocol/eip712.js";
@@ -77,7 +77,7 @@ export class BenchUser {
         outboxPeer: (to) => `${this.address}>${to}`,
         payment: (p) => `${prefix}${p.direction}:${p.paymentId}:${p.channelId}:${p.secretHash ?? "issue"}`,
       },
-      dispatch: (r, seqs) => this.#dispatch(r, seqs),
+      dispatch: (r, wire) => this.#dispatch(r, wire),
     });
     this.transport = createTransport({
       signer,
@@ -97,13 +97,16 @@ export class BenchUser {
     });
     this.transport.onMessage(async (from, message) => {
       if (typeof message !== "object" || message === null || !("kind" in message)) return;
-      const envelope = message as Envelope;
-      if (envelope.kind === "channel" && envelope.message.type === "Reject") {
-        const code = String(envelope.message.code);
-        this.#counters.rejects[code] = (this.#counters.rejects[code] ?? 0) + 1;
+      const wire = message as WireEnvelope;
+      for (const envelope of wire.kind === "bundle" ? wire.messages : [wire]) {
+        if (envelope.kind === "channel" && envelope.message.type === "Reject") {
+          const code = String(envelope.message.code);
+          this.#counters.rejects[code] = (this.#counters.rejects[code] ?? 0) + 1;
+        }
       }
-      const r = await this.#runner.step({ type: "deliver", from, envelope: message as Envelope });
+      const r = await this.#runner.step({ type: "deliver", from, envelope: wire });
       if (!r.ok) this.#counters.refused++;
+      this.#counters.refused += r.rejected.filter((x) => x.during.endsWith(IN_A_BUNDLE)).length;
     });
     await this.transport.start();
   }
@@ -179,17 +182,16 @@ export class BenchUser {
     return this.transport.stop();
   }
 
-  #dispatch(r: StepResult, seqs: readonly bigint[]): void {
-    r.send.forEach((o, i) => {
-      const seq = seqs[i]!;
-      const peer = `${this.address}>${o.to}`;
-      this.transport.send(o.to, o.envelope).then(
-        () => this.#store.ackLater(peer, seq),
+  #dispatch(r: StepResult, wire: readonly WireMessage[]): void {
+    for (const w of wire) {
+      const peer = `${this.address}>${w.to}`;
+      this.transport.send(w.to, w.envelope).then(
+        () => this.#store.ackLater(peer, w.seq),
         () => {
           this.#counters.sendFailures++;
         },
       );
-    });
+    }
     for (const e of r.events) {
       if (e.type === "paymentSent" || (e.type === "paymentFailed" && e.payment.direction === "out")) {
         if (e.type === "paymentSent" && e.payment.kind === "transfer") this.sent++;

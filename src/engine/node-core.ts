@@ -70,6 +70,47 @@ export interface Outbound {
   envelope: Envelope;
 }
 
+/** Most messages one bundle carries (so a bundle stays far below the transport's message size limit). */
+export const MAX_BUNDLE_MESSAGES = 32;
+
+/**
+ * Several messages of one step for the same peer, sent as one: one outbox record, one frame, one
+ * acknowledgement, one step at the receiver, which applies them in order as if they had come
+ * one by one (a refused one is refused alone). Never nested.
+ */
+export interface Bundle {
+  kind: "bundle";
+  messages: Envelope[];
+}
+
+/** Ends the `during` of a rejection of a message that came in a bundle. */
+export const IN_A_BUNDLE = " (in a bundle)";
+
+/** What a peer sends: one message or a bundle. */
+export type WireEnvelope = Envelope | Bundle;
+
+/**
+ * A step's messages as they go on the wire: the messages for each peer, in order, joined into
+ * bundles of at most {@link MAX_BUNDLE_MESSAGES}; a lone message goes as itself.
+ */
+export function bundleByPeer(send: readonly Outbound[]): { to: Address; envelope: WireEnvelope }[] {
+  if (send.length < 2) return [...send];
+  const byPeer = new Map<Address, Envelope[]>();
+  for (const o of send) {
+    const list = byPeer.get(o.to);
+    if (list) list.push(o.envelope);
+    else byPeer.set(o.to, [o.envelope]);
+  }
+  const out: { to: Address; envelope: WireEnvelope }[] = [];
+  for (const [to, envelopes] of byPeer) {
+    for (let i = 0; i < envelopes.length; i += MAX_BUNDLE_MESSAGES) {
+      const part = envelopes.slice(i, i + MAX_BUNDLE_MESSAGES);
+      out.push({ to, envelope: part.length === 1 ? part[0]! : { kind: "bundle", messages: part } });
+    }
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------ inputs and outputs
 
 export type NodeInput =
@@ -80,7 +121,7 @@ export type NodeInput =
   | { type: "invoice"; secret: Hex; amount: bigint; expiresAt: bigint }
   | { type: "issue"; paymentId: Hex; target: Address; amount: bigint; channelId?: Hex }
   /** A message from the authenticated peer `from`. */
-  | { type: "deliver"; from: Address; envelope: Envelope }
+  | { type: "deliver"; from: Address; envelope: WireEnvelope }
   /** Time passed: expire locks, register secrets, retry what is unanswered. */
   | { type: "tick" }
   /** Propose the payer's settles held back for batching (after a step reported `settlesHeld`). */
@@ -517,12 +558,27 @@ export class NodeCore {
 
   // ---------------------------------------------------------------- peers
 
-  #deliver(step: Step, fromRaw: Address, envelope: Envelope): NodeError | null {
+  #deliver(step: Step, fromRaw: Address, envelope: WireEnvelope): NodeError | null {
     let from: Address;
     try {
       from = normalizeAddress(fromRaw);
     } catch {
       return engineError("BAD_INPUT", "sender is not an address");
+    }
+    if (envelope.kind === "bundle") {
+      const { messages } = envelope;
+      if (!Array.isArray(messages) || messages.length === 0 || messages.length > MAX_BUNDLE_MESSAGES) {
+        return engineError("BAD_INPUT", `a bundle carries 1 to ${MAX_BUNDLE_MESSAGES} messages`);
+      }
+      if (messages.some((m: unknown) => typeof m !== "object" || m === null || (m as { kind?: unknown }).kind === "bundle")) {
+        return engineError("BAD_INPUT", "a bundle carries messages, not bundles");
+      }
+      // Each as if it had come alone: a refused one is refused alone (its error is reported).
+      for (const m of messages) {
+        const error = this.#deliver(step, from, m);
+        if (error) step.rejected.push({ during: `deliver ${m.kind === "channel" || m.kind === "transfer" ? m.message?.type : "message"}${IN_A_BUNDLE}`, error });
+      }
+      return null;
     }
     if (envelope.kind === "channel") {
       const m = envelope.message;

@@ -17,7 +17,7 @@ import { ChannelsClient, type ChannelInfo } from "../chain/adapter.js";
 import { ChainEvents, type ChainEvent } from "../chain/events.js";
 import { ChainError } from "../chain/errors.js";
 import { dataPath, type Config } from "../config.js";
-import { NodeCore, type NodeInput, type StepResult, type NodeEvent, type Envelope } from "../engine/node-core.js";
+import { NodeCore, type NodeInput, type StepResult, type NodeEvent, type WireEnvelope } from "../engine/node-core.js";
 import {
   balances as channelBalances,
   newChannel,
@@ -42,7 +42,7 @@ import { LevelStore, type Batch, type Store } from "../store/index.js";
 import { createTransport, type P2PTransport } from "../p2p/index.js";
 import { TowerClient } from "../watcher/client.js";
 import { transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
-import { StepRunner } from "./steps.js";
+import { StepRunner, type WireMessage } from "./steps.js";
 import { NodeError } from "./errors.js";
 
 /** The older form of the transfer state: one meta record holding all of it (read, then migrated). */
@@ -181,7 +181,7 @@ export class StarlingNode {
       store: this.store,
       keys: { transfers: TRANSFERS_PREFIX, outboxPeer: (to) => to, payment: paymentKey },
       augment: (r, batch) => this.augmentStep(r, batch),
-      dispatch: (r, seqs) => this.dispatchStep(r, seqs),
+      dispatch: (r, wire) => this.dispatchStep(r, wire),
     });
     this.signer = parts.signer;
     this.address = normalizeAddress(parts.signer.address);
@@ -346,9 +346,9 @@ export class StarlingNode {
   }
 
   /** After a step's writes are durable (in step order): send, then act on what happened. */
-  private dispatchStep(r: StepResult, outboxSeqs: readonly bigint[]): void {
+  private dispatchStep(r: StepResult, wire: readonly WireMessage[]): void {
     for (const c of r.persist.channels) if (c.status !== "open") this.ending.add(c.config.channelId);
-    r.send.forEach((o, i) => void this.sendOutbox(o.to, outboxSeqs[i]!, o.envelope));
+    for (const w of wire) void this.sendOutbox(w.to, w.seq, w.envelope);
     this.tower?.handOff(r.persist.channels);
     for (const e of r.events) this.onEngineEvent(e);
     for (const a of r.chain) {
@@ -358,7 +358,7 @@ export class StarlingNode {
     if (r.persist.channels.length > 0) for (const c of r.persist.channels) this.events.emit("channelChanged", this.summary(c));
   }
 
-  private async sendOutbox(peer: Address, seq: bigint, envelope: Envelope): Promise<void> {
+  private async sendOutbox(peer: Address, seq: bigint, envelope: WireEnvelope): Promise<void> {
     if (this.stopped) return;
     try {
       await this.transport.send(peer, envelope);
@@ -370,7 +370,7 @@ export class StarlingNode {
   }
 
   private async flushOutbox(peer: Address): Promise<void> {
-    const pending = await this.store.listOutbox<Envelope>(peer);
+    const pending = await this.store.listOutbox<WireEnvelope>(peer);
     for (const p of pending) await this.sendOutbox(peer, p.seq, p.message);
   }
 
@@ -379,7 +379,7 @@ export class StarlingNode {
       this.log.warn({ peer: from }, "dropped a message that is not an envelope");
       return;
     }
-    const r = await this.step({ type: "deliver", from, envelope: message as Envelope });
+    const r = await this.step({ type: "deliver", from, envelope: message as WireEnvelope });
     if (!r.ok && r.error) this.log.debug({ peer: from, code: r.error.code }, r.error.message);
   }
 

@@ -11,7 +11,7 @@
  * flight the steps behind it are applied and their commits grouped into the next write, instead
  * of each step costing one write's latency.
  */
-import type { NodeCore, NodeInput, StepResult } from "../engine/node-core.js";
+import { bundleByPeer, type NodeCore, type NodeInput, type StepResult, type WireEnvelope } from "../engine/node-core.js";
 import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
 import type { Address } from "../protocol/types.js";
 import type { Batch, Store } from "../store/index.js";
@@ -30,8 +30,11 @@ export interface StepRunnerOptions {
   core: NodeCore;
   store: Store;
   keys: StepKeys;
-  /** Runs once the step's writes are durable, in step order: send `r.send` (their outbox seqs given), act on events. */
-  dispatch(r: StepResult, outboxSeqs: readonly bigint[]): void;
+  /**
+   * Runs once the step's writes are durable, in step order: send `wire` (the step's messages as
+   * they go on the wire, one per peer, each with its outbox seq), act on `r`'s events.
+   */
+  dispatch(r: StepResult, wire: readonly WireMessage[]): void;
   /** Adds the shell's own writes for a step to its batch (called as the step is applied). */
   augment?(r: StepResult, batch: Batch): void;
   /** Unix milliseconds stamped on finished payments. */
@@ -46,6 +49,13 @@ export interface StepRunnerOptions {
  * hardly notices (it already holds the payment's secret).
  */
 export const SETTLE_BATCH_MS = 20;
+
+/** One outbox record of a step: a message, or the step's messages for one peer as a bundle. */
+export interface WireMessage {
+  to: Address;
+  envelope: WireEnvelope;
+  seq: bigint;
+}
 
 /** A look-up that decided the step is not needed: its value is returned instead. */
 export interface Skip<T> {
@@ -140,22 +150,26 @@ export class StepRunner {
       }, this.#settleBatchMs);
       this.#settleTimer.unref();
     }
-    const batch = this.#batch(r);
+    const wire = bundleByPeer(r.send);
+    const batch = this.#batch(r, wire);
     const committed = batch === null ? Promise.resolve({ outboxSeqs: [] as bigint[] }) : this.#store.commit(batch);
     const previous = this.#dispatched;
     const done = committed.then(async ({ outboxSeqs }) => {
       await previous.catch(noop);
-      this.#dispatch(r, outboxSeqs);
+      this.#dispatch(
+        r,
+        wire.map((w, i) => ({ ...w, seq: outboxSeqs[i]! })),
+      );
       return r;
     });
     this.#dispatched = done;
     return done;
   }
 
-  #batch(r: StepResult): Batch | null {
+  #batch(r: StepResult, wire: readonly { to: Address; envelope: WireEnvelope }[]): Batch | null {
     const batch: Batch = {};
     if (r.persist.channels.length > 0) batch.channels = r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c }));
-    if (r.send.length > 0) batch.outboxAdd = r.send.map((o) => ({ peer: this.#keys.outboxPeer(o.to), message: o.envelope }));
+    if (wire.length > 0) batch.outboxAdd = wire.map((o) => ({ peer: this.#keys.outboxPeer(o.to), message: o.envelope }));
     const { transfers, transferChanges } = r.persist;
     if (transfers && transferChanges) {
       // One record per changed entry: the step writes what it changed, not the whole state.
