@@ -48,16 +48,22 @@ describe("step runner", function () {
     return { net, a, reveal: reveal! };
   }
 
-  it("proposes a held settle (input flushSettles) once the settle batching interval has passed", async () => {
-    const { a, reveal } = upToReveal();
+  /** A step runner around `core` on the test's store; `dispatched` collects each step it dispatches. */
+  function runnerOf(core: NodeCore, settleBatchMs: number): { runner: StepRunner; dispatched: StepResult[] } {
     const dispatched: StepResult[] = [];
     const runner = new StepRunner({
-      core: a,
+      core,
       store,
       keys: { transfers: "t!", outboxPeer: (to) => to, payment: (p) => `${p.direction}:${p.paymentId}` },
       dispatch: (r) => void dispatched.push(r),
-      settleBatchMs: 30,
+      settleBatchMs,
     });
+    return { runner, dispatched };
+  }
+
+  it("proposes a held settle (input flushSettles) once the settle batching interval has passed", async () => {
+    const { a, reveal } = upToReveal();
+    const { runner, dispatched } = runnerOf(a, 30);
     const completed = await runner.step({ type: "deliver", from: reveal.from, envelope: reveal.envelope });
     expect(completed.events.some((e) => e.type === "paymentSent")).to.equal(true);
     expect(completed.settlesHeld).to.equal(true);
@@ -76,14 +82,7 @@ describe("step runner", function () {
 
   it("after stop, a held settle stays queued for the next tick", async () => {
     const { a, reveal } = upToReveal();
-    const dispatched: StepResult[] = [];
-    const runner = new StepRunner({
-      core: a,
-      store,
-      keys: { transfers: "t!", outboxPeer: (to) => to, payment: (p) => `${p.direction}:${p.paymentId}` },
-      dispatch: (r) => void dispatched.push(r),
-      settleBatchMs: 10,
-    });
+    const { runner, dispatched } = runnerOf(a, 10);
     expect((await runner.step({ type: "deliver", from: reveal.from, envelope: reveal.envelope })).settlesHeld).to.equal(true);
     runner.stop();
     await sleep(40);

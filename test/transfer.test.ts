@@ -91,6 +91,16 @@ function expectIdle(...nodes: NodeCore[]): void {
   }
 }
 
+/** A has paid B `amount` in all through the hub: both channels agree and are idle, nothing was refused. */
+function expectPaidThrough(w: World, [a, hub, b]: [NodeCore, NodeCore, NodeCore], [ah, hb]: [Hex, Hex], amount: bigint): void {
+  expectAgreement(a, hub, ah);
+  expectAgreement(hub, b, hb);
+  expect(mine(a, ah)).to.equal(DEPOSIT - amount);
+  expect(mine(b, hb)).to.equal(DEPOSIT + amount);
+  expectIdle(a, hub, b);
+  expect(w.net.rejected).to.deep.equal([]);
+}
+
 /** Delivers everything, lets a second pass with a tick each, and delivers what that caused. */
 function runToRest(w: World, random: () => number): void {
   w.net.run({ random });
@@ -322,12 +332,7 @@ describe("expiry and refunds", function () {
       // B countersigned the hub's lock and proposed its unlock in one message.
       expect(seen.some((x) => x.to === hub.address && x.envelope.kind === "channel" && x.envelope.message.type === "Countersign" && x.envelope.message.next !== undefined)).to.equal(true);
       expect(b.transfers.invoices.size).to.equal(0);
-      expectAgreement(a, hub, ah);
-      expectAgreement(hub, b, hb);
-      expect(mine(a, ah)).to.equal(DEPOSIT - 110n);
-      expect(mine(b, hb)).to.equal(DEPOSIT + 110n);
-      expectIdle(a, hub, b);
-      expect(w.net.rejected).to.deep.equal([]);
+      expectPaidThrough(w, [a, hub, b], [ah, hb], 110n);
     });
 
     it("a lock below the invoice's amount is not claimed: the invoice stays open and A is refunded at expiry", () => {
@@ -637,12 +642,7 @@ describe("a payer's settle rides with its next update", function () {
     expect(second.proposed.map(opsOf)).to.deep.equal([["unlock", "lock"]]);
     expect(a.payment(second.paymentId)?.status).to.equal("completed");
     w.net.run();
-    expectAgreement(a, hub, ah);
-    expectAgreement(hub, b, hb);
-    expect(mine(a, ah)).to.equal(DEPOSIT - 30n);
-    expect(mine(b, hb)).to.equal(DEPOSIT + 30n);
-    expectIdle(a, hub, b);
-    expect(w.net.rejected).to.deep.equal([]);
+    expectPaidThrough(w, [a, hub, b], [ah, hb], 30n);
   });
 
   for (const input of ["flushSettles", "tick"] as const) {
@@ -712,6 +712,15 @@ describe("bundles: a step's messages for one peer as one", function () {
     }
   }
 
+  /** A, the hub and B, with a channel A-hub and one hub-B. */
+  function aHubB(): { w: World; a: NodeCore; hub: NodeCore; b: NodeCore } {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    w.open(hub, b);
+    return { w, a, hub, b };
+  }
+
   /** Two payers paying two payees' invoices, several in flight; returns the channels' balances and statuses. */
   function scenario(deliver: (w: World) => void): { balances: bigint[]; statuses: string[]; rejected: number } {
     const w = new World();
@@ -747,10 +756,7 @@ describe("bundles: a step's messages for one peer as one", function () {
   });
 
   it("a refused message in a bundle is refused alone; the others are applied", () => {
-    const w = new World();
-    const [a, hub, b] = [w.node(), w.node(), w.node()];
-    w.open(a, hub);
-    w.open(hub, b);
+    const { w, a, hub, b } = aHubB();
     const secret = rand32();
     w.net.submit(b.address, { type: "invoice", secret, amount: 10n, expiresAt: w.net.now + 3600n });
     const r = a.handle({ type: "pay", paymentId: rand32(), target: b.address, amount: 10n, secretHash: secretHash(secret) });
@@ -766,10 +772,7 @@ describe("bundles: a step's messages for one peer as one", function () {
   });
 
   it("an empty, oversized or nested bundle is refused whole and changes nothing", () => {
-    const w = new World();
-    const [a, hub, b] = [w.node(), w.node(), w.node()];
-    w.open(a, hub);
-    w.open(hub, b);
+    const { w, a, hub, b } = aHubB();
     const r = a.handle({ type: "pay", paymentId: rand32(), target: b.address, amount: 10n, secret: rand32() });
     const messages = r.send.map((o) => o.envelope);
     const bad: unknown[] = [
@@ -790,10 +793,7 @@ describe("bundles: a step's messages for one peer as one", function () {
   });
 
   it("bundleByPeer keeps each peer's order, leaves a lone message as it is and splits at the limit", () => {
-    const w = new World();
-    const [a, hub, b] = [w.node(), w.node(), w.node()];
-    w.open(a, hub);
-    w.open(hub, b);
+    const { w, a, hub, b } = aHubB();
     const r = a.handle({ type: "pay", paymentId: rand32(), target: b.address, amount: 10n, secret: rand32() });
     const [lt, propose] = r.send.map((o) => o.envelope) as [Envelope, Envelope];
     expect(bundleByPeer([{ to: hub.address, envelope: lt }])).to.deep.equal([{ to: hub.address, envelope: lt }]);
