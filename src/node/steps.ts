@@ -10,6 +10,10 @@
  * Nothing waits for a commit before the next step is applied, so while one LevelDB write is in
  * flight the steps behind it are applied and their commits grouped into the next write, instead
  * of each step costing one write's latency.
+ *
+ * A step's messages for one peer leave as one bundle (one outbox record, one wire message); a
+ * payer's settle the engine held back (`settlesHeld`) is proposed by input `flushSettles` after
+ * the settle batching interval unless a later step took it along.
  */
 import { bundleByPeer, type NodeCore, type NodeInput, type StepResult, type WireEnvelope } from "../engine/node-core.js";
 import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
@@ -156,10 +160,7 @@ export class StepRunner {
     const previous = this.#dispatched;
     const done = committed.then(async ({ outboxSeqs }) => {
       await previous.catch(noop);
-      this.#dispatch(
-        r,
-        wire.map((w, i) => ({ ...w, seq: outboxSeqs[i]! })),
-      );
+      this.#dispatch(r, wire.map((w, i) => ({ ...w, seq: outboxSeqs[i]! })));
       return r;
     });
     this.#dispatched = done;
