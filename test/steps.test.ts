@@ -80,17 +80,19 @@ describe("step runner", function () {
     runner.stop();
   });
 
-  it("after stop, a held settle stays queued for the next tick", async () => {
+  it("stop proposes a held settle at once; until then it is held in the stored queue", async () => {
     const { a, reveal } = upToReveal();
-    const { runner, dispatched } = runnerOf(a, 10);
+    const { runner, dispatched } = runnerOf(a, 60_000);
     expect((await runner.step({ type: "deliver", from: reveal.from, envelope: reveal.envelope })).settlesHeld).to.equal(true);
-    runner.stop();
-    await sleep(40);
-    await runner.idle();
-    expect(dispatched.length).to.equal(1);
-    // The settle is in the persisted transfer state's queue: a tick (as after a restart) proposes it.
+    // Held: persisted in the transfer state's queue (as a restart would find it), nothing sent.
     expect((await store.listMeta("t!queues!")).length).to.equal(1);
-    const ticked = a.handle({ type: "tick" });
-    expect(ticked.send.filter((o) => o.envelope.kind === "channel" && o.envelope.message.type === "Propose")).to.have.length(1);
+    const copy = a.transfers;
+    expect([...copy.queues.values()].flat().map((op) => op.type)).to.deep.equal(["unlock"]);
+    runner.stop();
+    await runner.idle();
+    expect(dispatched.length).to.equal(2);
+    expect(dispatched[1]!.send.map((o) => (o.envelope.kind === "channel" ? o.envelope.message.type : ""))).to.deep.equal(["Propose"]);
+    expect((await store.listMeta("t!queues!")).length).to.equal(0);
+    expect((await store.listOutbox()).length).to.equal(1);
   });
 });

@@ -13,7 +13,7 @@
  *
  * A step's messages for one peer leave as one bundle (one outbox record, one wire message); a
  * payer's settle the engine held back (`settlesHeld`) is proposed by input `flushSettles` after
- * the settle batching interval unless a later step took it along.
+ * the settle batching interval (or at stop) unless a later step took it along.
  */
 import { bundleByPeer, type NodeCore, type NodeInput, type StepResult, type WireEnvelope } from "../engine/node-core.js";
 import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
@@ -95,11 +95,17 @@ export class StepRunner {
     this.#settleBatchMs = opts.settleBatchMs ?? SETTLE_BATCH_MS;
   }
 
-  /** Cancels the pending settle flush; held settles stay queued in the store and go with a later step (a tick). */
+  /**
+   * Ends the settle batching: a held settle is proposed now (one more step; `idle()` waits for it),
+   * so a clean stop leaves none waiting. Later steps hold none back for a timer; a tick proposes
+   * any they leave.
+   */
   stop(): void {
     this.#stopped = true;
-    if (this.#settleTimer !== null) clearTimeout(this.#settleTimer);
+    if (this.#settleTimer === null) return;
+    clearTimeout(this.#settleTimer);
     this.#settleTimer = null;
+    this.step({ type: "flushSettles" }).catch(noop);
   }
 
   /** Applies `input` after every step queued before it; resolves once it is durable and dispatched. */
