@@ -1,13 +1,15 @@
 /**
  * Store throughput: commits/s for 10,000 single-channel commits (one channel record replaced and
  * one outbox message added, as a protocol transition does), awaited one at a time vs 100 in
- * flight, with sync false and true; plus codec encode/decode rates. Not a test.
+ * flight, with sync false and true; the main-thread time LevelDB's two batch forms take per
+ * operation (an array of operations vs a chained batch); plus codec encode/decode rates. Not a test.
  * Usage: npx tsx scripts/bench-store.ts
  */
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
+import { Level } from "level";
 import { decode, encode } from "../src/store/codec.js";
 import { LevelStore } from "../src/store/store.js";
 
@@ -76,6 +78,53 @@ for (const sync of [false, true]) {
     console.log(`sync ${String(sync).padEnd(5)} ${mode.padEnd(13)} ${fmt(rate)} commits/s   ${fmt(writes)} writes (${(COMMITS / writes).toFixed(1)} commits/write)`);
   }
 }
+
+/**
+ * Main-thread microseconds per operation spent before a batch is handed to LevelDB's thread
+ * (the part that blocks the event loop), for 200-operation batches of 1-2.5 KB values like a
+ * hub's group writes. Median of 5 repetitions of 100 batches each.
+ */
+async function batchPrepMicros(form: "array" | "chained"): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "starling-bench-"));
+  const db = new Level<string, string>(dir, { keyEncoding: "utf8", valueEncoding: "utf8" });
+  await db.open();
+  try {
+    const reps: number[] = [];
+    for (let rep = 0; rep < 5; rep++) {
+      let micros = 0;
+      let ops = 0;
+      for (let b = 0; b < 100; b++) {
+        const batch = Array.from({ length: 200 }, (_, i) => ({
+          type: "put" as const,
+          key: `m!transfer!r${rep}-${b}-${i}-${HASH}`,
+          value: encode({ ...(channelRecord(i, BigInt(b)) as object), pad: "x".repeat(i % 3 === 0 ? 2000 : 500) }),
+        }));
+        const start = performance.now();
+        let written: Promise<void>;
+        if (form === "array") written = db.batch(batch, { sync: false });
+        else {
+          const chained = db.batch();
+          for (const op of batch) chained.put(op.key, op.value);
+          written = chained.write({ sync: false });
+        }
+        micros += (performance.now() - start) * 1000;
+        ops += batch.length;
+        await written;
+      }
+      reps.push(micros / ops);
+    }
+    return reps.sort((a, b) => a - b)[2]!;
+  } finally {
+    await db.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const arrayMicros = await batchPrepMicros("array");
+const chainedMicros = await batchPrepMicros("chained");
+console.log(
+  `LevelDB batch, main-thread time per operation: array ${arrayMicros.toFixed(1)} us, chained ${chainedMicros.toFixed(1)} us (${(arrayMicros / chainedMicros).toFixed(1)}x; the store uses the chained form)`,
+);
 
 const record = channelRecord(1, 123_456n);
 const text = encode(record);

@@ -482,7 +482,15 @@ class LevelBackend implements Backend {
   }
 
   write(ops: WriteOp[]): Promise<void> {
-    return this.handle().batch(ops, { sync: this.sync });
+    // A chained batch hands each operation to LevelDB's native batch as it is added; the array
+    // form clones and re-validates every operation in JavaScript first, which cost about three
+    // times the main-thread time per operation (scripts/bench-store.ts measures both).
+    const batch = this.handle().batch();
+    for (const op of ops) {
+      if (op.type === "put") batch.put(op.key, op.value);
+      else batch.del(op.key);
+    }
+    return batch.write({ sync: this.sync });
   }
 
   private handle(): Level<string, string> {
