@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { randomBytes } from "node:crypto";
 import { writeConfig } from "../../src/config.js";
 import { writeDeployment, type Deployment } from "../../src/chain/deploy.js";
+import { launchArgs } from "../../src/devkit/cluster.js";
 import { createKeystore } from "../../src/keystore.js";
 import type { NodeEventMap, NodeMethods } from "../../src/node/api.js";
 import { RpcClient } from "../../src/rpc/index.js";
@@ -74,7 +75,7 @@ export async function startHub(dir: string, opts: StartHubOptions = {}): Promise
   const metricsPort = await freePort();
   const args = [
     ...(opts.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${opts.cpuProfDir}`] : []),
-    BIN,
+    ...launchArgs(BIN),
     "start",
     "-d",
     dataDir,

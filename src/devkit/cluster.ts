@@ -103,6 +103,18 @@ export interface CliOptions {
 const PASSWORD = "cluster-password-not-secret";
 const ROOT = packageRoot();
 const CLI = join(ROOT, "bin", "starling.js");
+
+/**
+ * Arguments for `process.execPath` that run the launcher `bin` as its first line would: with the
+ * node flags its `#!/usr/bin/env -S node ...` line gives, so processes spawned here run as an
+ * installed `starling` does.
+ */
+export function launchArgs(bin: string = CLI): string[] {
+  const first = readFileSync(bin, "utf8").split("\n", 1)[0] ?? "";
+  const m = /^#!\S*env(?:\s+-S)?\s+node((?:\s+--\S+)*)\s*$/.exec(first);
+  if (!m) throw new Error(`${bin}: first line is not a "#!/usr/bin/env [-S] node [--flags]" line: ${first}`);
+  return [...m[1]!.trim().split(/\s+/).filter(Boolean), bin];
+}
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export const randomId = (): string => `0x${randomBytes(32).toString("hex")}`;
@@ -418,7 +430,7 @@ export class Cluster {
     if (this.stopping) throw new Error("the cluster is stopping");
     const log = createWriteStream(tower.logFile, { flags: "a" });
     this.logs.add(log);
-    const child = spawn(process.execPath, [CLI, "watchtower", "-d", tower.dataDir, "--log-level", "debug"], {
+    const child = spawn(process.execPath, [...launchArgs(), "watchtower", "-d", tower.dataDir, "--log-level", "debug"], {
       env: { ...process.env, STARLING_PASSWORD: PASSWORD },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -470,7 +482,7 @@ export class Cluster {
     if (this.stopping) throw new Error("the cluster is stopping");
     const log = createWriteStream(node.logFile, { flags: "a" });
     this.logs.add(log);
-    const child = spawn(process.execPath, [CLI, "start", "-d", node.dataDir, "--log-level", this.options.logLevel ?? "info"], {
+    const child = spawn(process.execPath, [...launchArgs(), "start", "-d", node.dataDir, "--log-level", this.options.logLevel ?? "info"], {
       env: { ...process.env, STARLING_PASSWORD: PASSWORD, ...node.env },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -569,7 +581,7 @@ export class Cluster {
   cli(args: string[], options: CliOptions = {}): Promise<CliResult> {
     const full = options.node ? [...args, "-d", options.node.dataDir] : args;
     return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [CLI, ...full], {
+      const child = spawn(process.execPath, [...launchArgs(), ...full], {
         env: { ...process.env, STARLING_PASSWORD: PASSWORD, ...options.env },
         stdio: ["ignore", "pipe", "pipe"],
       });
