@@ -6,6 +6,7 @@ import { LocalNetwork, openLocalChannel, type Wire } from "../src/engine/local-n
 import { NodeCore, type StepResult } from "../src/engine/node-core.js";
 import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
 import type { Domain, Hex } from "../src/protocol/types.js";
+import { storedTransferEntry, transferStateFromEntries } from "../src/node/persist.js";
 import { StepRunner } from "../src/node/steps.js";
 import { loadBackend } from "../src/signer/index.js";
 import { LevelStore } from "../src/store/store.js";
@@ -94,5 +95,50 @@ describe("step runner", function () {
     expect(dispatched[1]!.send.map((o) => (o.envelope.kind === "channel" ? o.envelope.message.type : ""))).to.deep.equal(["Propose"]);
     expect((await store.listMeta("t!queues!")).length).to.equal(0);
     expect((await store.listOutbox()).length).to.equal(1);
+  });
+});
+
+describe("stored transfer entries", function () {
+  const lock = {
+    channelId: id32(1),
+    secretHash: id32(2),
+    amount: 7n,
+    expiry: 1_000n,
+    paymentId: id32(3),
+    stage: "locked",
+    upstream: null,
+    meta: { type: "LockedTransfer", channelId: id32(1), paymentId: id32(3), initiator: `0x${"aa".repeat(20)}`, target: `0x${"bb".repeat(20)}`, amount: 7n, secretHash: id32(2), expiry: 1_000n },
+    metaSentAt: 5n,
+  };
+
+  it("a lock's meta keeps only what the lock does not say already, and loads back whole", function () {
+    const stored = storedTransferEntry("sent", lock) as typeof lock;
+    expect(stored.meta).to.deep.equal({ initiator: lock.meta.initiator, target: lock.meta.target });
+    expect(JSON.stringify(stored, (_, v: unknown) => (typeof v === "bigint" ? String(v) : v)).length).to.be.below(
+      JSON.stringify(lock, (_, v: unknown) => (typeof v === "bigint" ? String(v) : v)).length * 0.7,
+    );
+    const loaded = transferStateFromEntries([["t!sent!k", stored], ["t!received!k", storedTransferEntry("received", lock)]], "t!");
+    expect(loaded.sent.get("k")).to.deep.equal(lock);
+    expect(loaded.received.get("k")).to.deep.equal(lock);
+  });
+
+  it("a meta field that differs from the lock's is kept; records stored whole and other tables load unchanged", function () {
+    const odd = { ...lock, meta: { ...lock.meta, expiry: 900n } };
+    expect((storedTransferEntry("received", odd) as typeof lock).meta).to.deep.equal({ initiator: lock.meta.initiator, target: lock.meta.target, expiry: 900n });
+    const waiting = { ...lock, meta: null };
+    expect(storedTransferEntry("received", waiting)).to.equal(waiting);
+    const payment = { paymentId: id32(3), meta: lock.meta };
+    expect(storedTransferEntry("payments", payment)).to.equal(payment);
+    const loaded = transferStateFromEntries(
+      [
+        ["t!sent!whole", lock],
+        ["t!received!odd", storedTransferEntry("received", odd)],
+        ["t!received!waiting", waiting],
+      ],
+      "t!",
+    );
+    expect(loaded.sent.get("whole")).to.deep.equal(lock);
+    expect(loaded.received.get("odd")).to.deep.equal(odd);
+    expect(loaded.received.get("waiting")).to.deep.equal(waiting);
   });
 });

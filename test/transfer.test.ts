@@ -4,9 +4,9 @@ import { LocalNetwork, openLocalChannel, type Wire } from "../src/engine/local-n
 import { IN_A_BUNDLE, MAX_BUNDLE_MESSAGES, NodeCore, bundleByPeer, type Envelope } from "../src/engine/node-core.js";
 import { capacity, sameState, share, type ChannelData, type ChannelMessage } from "../src/protocol/channel.js";
 import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
-import { lockKey, signSecretRequest, type SecretRequest, type SecretReveal } from "../src/protocol/transfer.js";
+import { TransferLedger, lockKey, newTransferState, signSecretRequest, type LockedTransfer, type SecretRequest, type SecretReveal } from "../src/protocol/transfer.js";
 import type { Address, Domain, Hex } from "../src/protocol/types.js";
-import { transferStateEntries } from "../src/node/persist.js";
+import { storedTransferEntry, transferStateEntries, transferStateFromEntries } from "../src/node/persist.js";
 import { loadBackend, type Secp256k1Backend, type Signer } from "../src/signer/index.js";
 
 const DOMAIN: Domain = { chainId: 31337n, verifyingContract: `0x${"11".repeat(20)}` };
@@ -841,6 +841,37 @@ describe("multi-hop and load", function () {
     expect(w.net.rejected).to.deep.equal([]);
   });
 
+  it("the ledger reports no change for an entry added and removed again before its changes are taken", function () {
+    const state = newTransferState();
+    const meta = (n: number): LockedTransfer => ({
+      type: "LockedTransfer",
+      channelId: `0x${"11".repeat(32)}`,
+      paymentId: `0x${n.toString(16).padStart(64, "0")}`,
+      initiator: `0x${"22".repeat(20)}`,
+      target: `0x${"33".repeat(20)}`,
+      amount: 5n,
+      secretHash: `0x${"44".repeat(32)}`,
+      expiry: 1000n,
+    });
+    (state.metadata as Map<string, LockedTransfer>).set("stored", meta(1));
+    const ledger = new TransferLedger(state);
+    const metadata = ledger.writer(state, "metadata");
+    metadata.set("passing", meta(2));
+    metadata.delete("passing");
+    metadata.delete("stored");
+    metadata.set("kept", meta(3));
+    expect(ledger.takeChanges()).to.deep.equal(new Map([["metadata", new Set(["stored", "kept"])]]));
+    // Re-added after being stored: the new value is written.
+    metadata.set("stored", meta(4));
+    metadata.delete("kept");
+    metadata.set("kept", meta(5));
+    expect(ledger.takeChanges()).to.deep.equal(new Map([["metadata", new Set(["stored", "kept"])]]));
+    metadata.set("gone", meta(6));
+    metadata.delete("gone");
+    expect(ledger.takeChanges(), "dirty, but nothing to write").to.deep.equal(new Map());
+    expect(ledger.takeChanges(), "nothing changed since").to.equal(null);
+  });
+
   it("each step reports exactly the transfer-state entries it changed; snapshots stay as they were", function () {
     this.timeout(60_000);
     const w = new World();
@@ -857,7 +888,7 @@ describe("multi-hop and load", function () {
         for (const key of keys) {
           const value = (r.persist.transfers![table] as ReadonlyMap<string, unknown>).get(key);
           if (value === undefined) mirror.delete(`${table}!${key}`);
-          else mirror.set(`${table}!${key}`, value);
+          else mirror.set(`${table}!${key}`, storedTransferEntry(table, value));
         }
       }
       return r;
@@ -865,6 +896,11 @@ describe("multi-hop and load", function () {
     const expectMirrored = (): void => {
       const actual = new Map(transferStateEntries(hub.transfers, "").map((e) => [e.key, e.value]));
       expect(mirror).to.deep.equal(actual);
+      // What is stored loads back as the state it was written from.
+      const loaded = transferStateFromEntries(mirror, "");
+      for (const table of ["sent", "received", "payments", "incoming", "queues"] as const) {
+        expect(loaded[table], table).to.deep.equal(hub.transfers[table]);
+      }
     };
     const random = rng(11);
     let snapshot = hub.transfers;

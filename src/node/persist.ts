@@ -2,7 +2,7 @@
  * Plain-data forms of the engine's state for the store (the store codec takes plain objects,
  * arrays and bigints; the transfer state keeps Maps for fast lookups).
  */
-import type { TransferState } from "../protocol/transfer.js";
+import type { LockedTransfer, TransferState } from "../protocol/transfer.js";
 
 type Entries<M> = M extends ReadonlyMap<infer K, infer V> ? [K, V][] : never;
 
@@ -45,22 +45,55 @@ const TABLES: readonly (keyof TransferState)[] = ["payments", "incoming", "secre
  * every payment in flight.
  */
 
+/**
+ * A sent or received lock carries its LockedTransfer (`meta`), which repeats five of the lock's
+ * own fields: about a third of the record, written each time the lock changes stage. Stored, the
+ * meta keeps only what differs from the lock; loading fills the rest back in. Records stored
+ * whole (before this) load unchanged.
+ */
+const META_FROM_LOCK = ["channelId", "paymentId", "amount", "secretHash", "expiry"] as const;
+
+type LockRecord = { meta?: LockedTransfer | Partial<LockedTransfer> | null } & Record<(typeof META_FROM_LOCK)[number], unknown>;
+
+/** The stored form of a transfer-state entry of `table`. */
+export function storedTransferEntry(table: string, value: unknown): unknown {
+  if (table !== "sent" && table !== "received") return value;
+  const lock = value as LockRecord;
+  if (!lock.meta) return value;
+  const meta: Record<string, unknown> = { ...lock.meta };
+  if (meta.type === "LockedTransfer") delete meta.type;
+  for (const f of META_FROM_LOCK) if (meta[f] === lock[f]) delete meta[f];
+  return { ...lock, meta };
+}
+
+function loadedTransferEntry(table: string, value: unknown): unknown {
+  if (table !== "sent" && table !== "received") return value;
+  const lock = value as LockRecord;
+  if (!lock.meta) return value;
+  const meta: Record<string, unknown> = { type: "LockedTransfer" };
+  for (const f of META_FROM_LOCK) meta[f] = lock[f];
+  return { ...lock, meta: { ...meta, ...lock.meta } };
+}
+
 /** Rebuilds a transfer state from its entries as listed by the store under `prefix`. */
 export function transferStateFromEntries(entries: Iterable<[string, unknown]>, prefix: string): TransferState {
   const tables = new Map<string, Map<string, unknown>>(TABLES.map((t) => [t, new Map()]));
   for (const [key, value] of entries) {
     const rest = key.slice(prefix.length);
     const sep = rest.indexOf("!");
-    const table = tables.get(rest.slice(0, sep));
+    const name = rest.slice(0, sep);
+    const table = tables.get(name);
     if (sep < 0 || !table) throw new Error(`unexpected transfer-state entry ${key}`);
-    table.set(rest.slice(sep + 1), value);
+    table.set(rest.slice(sep + 1), loadedTransferEntry(name, value));
   }
   return Object.fromEntries(tables) as unknown as TransferState;
 }
 
-/** The entries of a whole transfer state (to migrate the older one-record form). */
+/** The stored entries of a whole transfer state (to migrate the older one-record form). */
 export function transferStateEntries(s: TransferState, prefix: string): { key: string; value: unknown }[] {
   const out: { key: string; value: unknown }[] = [];
-  for (const table of TABLES) for (const [key, value] of s[table] as ReadonlyMap<string, unknown>) out.push({ key: `${prefix}${table}!${key}`, value });
+  for (const table of TABLES) {
+    for (const [key, value] of s[table] as ReadonlyMap<string, unknown>) out.push({ key: `${prefix}${table}!${key}`, value: storedTransferEntry(table, value) });
+  }
   return out;
 }

@@ -19,6 +19,7 @@ import { bundleByPeer, type NodeCore, type NodeInput, type StepResult, type Wire
 import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
 import type { Address } from "../protocol/types.js";
 import type { Batch, Store } from "../store/index.js";
+import { storedTransferEntry } from "./persist.js";
 
 /** Where a node's records live in the store. */
 export interface StepKeys {
@@ -188,7 +189,7 @@ export class StepRunner {
           const value = entries.get(key);
           const storeKey = `${this.#keys.transfers}${table}!${key}`;
           if (value === undefined) del.push(storeKey);
-          else put.push({ key: storeKey, value });
+          else put.push({ key: storeKey, value: storedTransferEntry(table, value) });
         }
       }
       if (put.length > 0) batch.meta = put;

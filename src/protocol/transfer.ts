@@ -374,7 +374,8 @@ interface Change {
  */
 export class TransferLedger {
   #log: Change[] = [];
-  #dirty = new Map<TransferTable, Set<string>>();
+  /** Per table: its map, and each changed key with whether it existed before its first change. */
+  #dirty = new Map<TransferTable, { map: ReadonlyMap<string, unknown>; existed: Map<string, boolean> }>();
   readonly #byHash = { sent: new Map<string, Set<LockKey>>(), received: new Map<string, Set<LockKey>>() };
 
   /** Tracks `state`, whose tables (Maps) transitions with this ledger will change in place. */
@@ -402,10 +403,19 @@ export class TransferLedger {
     if (this.#log.length > 0) this.#log = [];
   }
 
-  /** The entries changed since the last call. */
+  /**
+   * The entries changed since the last call. An entry added and removed again in between is not
+   * one: it was never stored, so there is nothing to delete (routing metadata that arrives with
+   * its lock is such an entry).
+   */
   takeChanges(): TransferChanges | null {
     if (this.#dirty.size === 0) return null;
-    const changes = this.#dirty;
+    const changes = new Map<TransferTable, Set<string>>();
+    for (const [table, { map, existed }] of this.#dirty) {
+      const keys = new Set<string>();
+      for (const [key, had] of existed) if (had || map.has(key)) keys.add(key);
+      if (keys.size > 0) changes.set(table, keys);
+    }
     this.#dirty = new Map();
     return changes;
   }
@@ -433,9 +443,9 @@ export class TransferLedger {
     const had = map.has(key);
     if (!had && !has) return;
     this.#log.push({ map, table, key, had, old: map.get(key) });
-    let keys = this.#dirty.get(table);
-    if (!keys) this.#dirty.set(table, (keys = new Set()));
-    keys.add(key);
+    let dirty = this.#dirty.get(table);
+    if (!dirty) this.#dirty.set(table, (dirty = { map, existed: new Map() }));
+    if (!dirty.existed.has(key)) dirty.existed.set(key, had);
     this.#write(map, table, key, has, value);
   }
 
