@@ -361,6 +361,16 @@ describe("p2p transport (libp2p on 127.0.0.1)", function () {
     const body = "z".repeat(4000);
     await Promise.all(Array.from({ length: 4000 }, (_, i) => a.send(b.address, { i, body })));
     expect(seen).to.deep.equal(Array.from({ length: 4000 }, (_, i) => i));
+    // Both ends read noise's frame lengths without a new error per chunk (cheapenNoiseFraming):
+    // this fails if libp2p's internals move and the change silently stops applying.
+    for (const t of [a, b]) {
+      const conns = (t as unknown as { node: Libp2p }).node.getConnections();
+      expect(conns.length).to.be.greaterThan(0);
+      for (const conn of conns) {
+        const decode = (conn as unknown as { muxer: { maConn: { decoder: { lengthDecoder: object } } } }).muxer.maConn.decoder.lengthDecoder;
+        expect(Symbol.for("starling.cheapNoisePrefix") in decode, "noise length decoder replaced").to.equal(true);
+      }
+    }
   });
 
   describe("hello", () => {

@@ -24,7 +24,7 @@ import type { Signer, Verifier } from "../signer/index.js";
 import { FramedStream } from "./channel.js";
 import { FRAME_VERSION, MAX_ERROR_CHARS, encodeFrame, lengthPrefixed, type Frame } from "./frames.js";
 import { HELLO_MAX_BYTES, HELLO_PROTOCOL, HelloError, encodeHello, makeHello, parseHello, verifyHello } from "./hello.js";
-import { DEFAULT_LISTEN, cancelStrayTimers, coalesceSocketWrites, createNode } from "./node.js";
+import { DEFAULT_LISTEN, cancelStrayTimers, cheapenNoiseFraming, coalesceSocketWrites, createNode } from "./node.js";
 import {
   P2PError,
   type Address,
@@ -612,6 +612,7 @@ export class P2PTransport {
       return;
     }
     coalesceSocketWrites(conn);
+    cheapenNoiseFraming(conn);
     this.connState(conn);
   }
 
