@@ -36,6 +36,19 @@ describe("store codec", () => {
     );
   });
 
+  it("writes strings and keys exactly as JSON.stringify does (the fast path for plain ASCII changes no byte)", () => {
+    const ascii = Array.from({ length: 128 }, (_, i) => String.fromCharCode(i)).join("");
+    const text = fc.oneof(fc.string({ unit: "binary" }), fc.string({ unit: fc.constantFrom(...ascii) }), fc.constantFrom(ascii, "\u2028", "\ud800", "é", '"', "\\"));
+    fc.assert(
+      fc.property(text, text, (s, key) => {
+        const escaped = s.startsWith("$") ? `$${s}` : s;
+        expect(encode(s)).to.equal(JSON.stringify(escaped));
+        expect(encode({ [key]: 1 })).to.equal(`{${JSON.stringify(key)}:1}`);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
   it("keeps strings that look like encoded bigints as strings", () => {
     const x = { a: "$123", b: 123n, c: ["$$", "$", "$-1", -1n], $d: "$" };
     expect(decode(encode(x))).to.deep.equal(x);

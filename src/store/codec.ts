@@ -72,8 +72,23 @@ export function decode(text: string): unknown {
   return revive(parsed);
 }
 
+// Strings of printable ASCII without quote or backslash (hex, addresses, names: nearly all that
+// is stored) need no escaping; others go through JSON.stringify.
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
 function encodeString(s: string): string {
-  return JSON.stringify(s.charCodeAt(0) === DOLLAR ? "$" + s : s);
+  const t = s.charCodeAt(0) === DOLLAR ? "$" + s : s;
+  return PLAIN.test(t) ? '"' + t + '"' : JSON.stringify(t);
+}
+
+// Object keys repeat from record to record: quote each once.
+const quotedKeys = new Map<string, string>();
+function quoteKey(key: string): string {
+  let q = quotedKeys.get(key);
+  if (q === undefined) {
+    q = JSON.stringify(key);
+    if (quotedKeys.size < 10_000) quotedKeys.set(key, q);
+  }
+  return q;
 }
 
 // `ancestors` holds the objects being encoded above this one, to report cycles instead of
@@ -132,7 +147,7 @@ function encodeObject(value: object, ancestors: object[]): string {
     if (item === undefined) continue;
     try {
       const encoded = encodeValue(item, ancestors);
-      out += (first ? "" : ",") + JSON.stringify(key) + ":" + encoded;
+      out += (first ? "" : ",") + quoteKey(key) + ":" + encoded;
     } catch (err) {
       throw err instanceof EncodeError ? err.prepend(key) : err;
     }
