@@ -6,8 +6,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, type Dirent } from "node:fs";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { randomBytes } from "node:crypto";
+import { packageRoot } from "../../src/chain/artifacts.js";
 import { writeConfig } from "../../src/config.js";
 import { writeDeployment, type Deployment } from "../../src/chain/deploy.js";
 import { launchArgs } from "../../src/devkit/cluster.js";
@@ -15,7 +15,7 @@ import { createKeystore } from "../../src/keystore.js";
 import type { NodeEventMap, NodeMethods } from "../../src/node/api.js";
 import { RpcClient } from "../../src/rpc/index.js";
 
-const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
+const ROOT = packageRoot();
 /** BENCH_HUB_ROOT runs the hub from another checkout (built), e.g. to compare an older version. */
 const BIN = join(process.env.BENCH_HUB_ROOT ? resolve(process.env.BENCH_HUB_ROOT) : ROOT, "bin", "starling.js");
 const PASSWORD = "bench-password";
