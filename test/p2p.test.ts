@@ -348,6 +348,28 @@ describe("p2p transport (libp2p on 127.0.0.1)", function () {
     expect(raced).to.equal("second handled");
   });
 
+  it("an ack waits for a message to the same peer and leaves with it; alone, it leaves after ackDelayMs", async () => {
+    const { transport: a } = await startTransport("alice", { ackDelayMs: 2_000 });
+    const { transport: b } = await startTransport("bob", { ackDelayMs: 2_000 });
+    const gotBack: unknown[] = [];
+    a.onMessage(async (_from, message) => void gotBack.push(message));
+    let answer = true;
+    b.onMessage(async (from) => {
+      // Not awaited: b's reply leaves in this turn's flush, and the ack for a's message with it.
+      if (answer) void b.send(from, { reply: 1 }).catch(() => undefined);
+    });
+    await a.dial(b.multiaddrs[0]!);
+    let t0 = performance.now();
+    await a.send(b.address, { ask: 1 });
+    expect(performance.now() - t0, "carried by b's message").to.be.below(1_000);
+    await waitFor("the reply", () => gotBack.length === 1);
+    answer = false;
+    t0 = performance.now();
+    await a.send(b.address, { ask: 2 });
+    expect(performance.now() - t0, "alone: after the delay").to.be.at.least(1_900);
+    expect(() => createTransport({ signer: signerFor("carol"), verifier: backend.verifier, privateKey: peerSeed("carol"), ackDelayMs: -1 })).to.throw(/ackDelayMs/);
+  });
+
   it("keeps order and loses nothing when a slow handler makes the sender wait (16 MB pipelined)", async () => {
     const { transport: a } = await startTransport("alice", { sendTimeoutMs: 60_000 });
     const { transport: b } = await startTransport("bob");

@@ -1,7 +1,9 @@
 /**
  * Framed I/O over one libp2p stream: decodes incoming frames as they arrive and coalesces
  * outgoing frames written in the same event-loop turn into one write (one yamux frame and one
- * noise record instead of one per message, which is most of the pipelined throughput).
+ * noise record instead of one per message, which is most of the pipelined throughput). Frames
+ * written lazily (acks) wait up to {@link LAZY_FRAME_MS} for another frame to the same peer and
+ * leave with it.
  */
 import type { Stream } from "@libp2p/interface";
 import { FrameDecoder, FramingError, MalformedFrameError, lengthPrefixed, parseFrame, type Frame } from "./frames.js";
@@ -13,6 +15,13 @@ export interface FramedStreamInit {
   logger: TransportLogger;
   /** For log lines, e.g. "from 0xabc…". */
   label: string;
+  /**
+   * The streams between this node and one peer share a group: a flush of any of them takes the
+   * lazily written frames of the others along (see {@link FramedStream.writeLazy}).
+   */
+  group?: string;
+  /** How long a lazily written frame may wait (default {@link LAZY_FRAME_MS}; 0: not at all). */
+  lazyMs?: number;
   /** `size` is the frame's encoded length. */
   onFrame(frame: Frame, size: number): void;
   /** The remote finished writing and every frame it sent was delivered; we may still write. */
@@ -43,6 +52,17 @@ function scheduleFlush(s: FramedStream): void {
   }
 }
 
+/**
+ * Longest a lazily written frame (an ack) waits for another frame to the same peer. Each frame
+ * sent alone is a socket write and a wake-up of the peer; a payer's acks for the hub's
+ * countersignature and receipt ride with its next payment instead. Nothing waits on an ack but
+ * the sender's outbox clean-up, which is lazy itself (LAZY_ACK_MS).
+ */
+export const LAZY_FRAME_MS = 10;
+
+/** Streams holding lazily written frames, by group. */
+const lazyByGroup = new Map<string, Set<FramedStream>>();
+
 export class FramedStream {
   readonly stream: Stream;
   private readonly decoder: FrameDecoder;
@@ -51,6 +71,7 @@ export class FramedStream {
   private flushScheduled = false;
   private waitingForDrain = false;
   private closed = false;
+  private lazyTimer: NodeJS.Timeout | null = null;
 
   constructor(init: FramedStreamInit) {
     this.init = init;
@@ -86,6 +107,30 @@ export class FramedStream {
 
   writeFrame(payload: Uint8Array): boolean {
     return this.write(lengthPrefixed(payload));
+  }
+
+  /**
+   * Queues a frame that may wait: it leaves with the next flush of this stream or of another
+   * stream of its group, and at the latest after `lazyMs`.
+   */
+  writeLazyFrame(payload: Uint8Array): boolean {
+    const wait = this.init.lazyMs ?? LAZY_FRAME_MS;
+    if (wait <= 0) return this.writeFrame(payload);
+    if (this.closed) return false;
+    this.outQueue.push(lengthPrefixed(payload));
+    if (this.flushScheduled || this.waitingForDrain || this.lazyTimer !== null) return true;
+    const group = this.init.group;
+    if (group !== undefined) {
+      let set = lazyByGroup.get(group);
+      if (!set) lazyByGroup.set(group, (set = new Set()));
+      set.add(this);
+    }
+    this.lazyTimer = setTimeout(() => {
+      this.lazyTimer = null;
+      this.flushNow();
+    }, wait);
+    this.lazyTimer.unref();
+    return true;
   }
 
   pause(): void {
@@ -144,6 +189,7 @@ export class FramedStream {
       due.delete(this);
       this.flushScheduled = false;
     }
+    this.leaveLazy();
     if (this.closed || this.outQueue.length === 0 || this.waitingForDrain) return;
     const chunk = this.outQueue.length === 1 ? this.outQueue[0]! : Buffer.concat(this.outQueue);
     this.outQueue = [];
@@ -153,6 +199,13 @@ export class FramedStream {
     } catch (err) {
       this.finish(err instanceof Error ? err : new Error(String(err)));
       return;
+    }
+    // The group's waiting frames go now, in the same socket write (coalesceSocketWrites).
+    const group = this.init.group;
+    const waiting = group === undefined ? undefined : lazyByGroup.get(group);
+    if (waiting) {
+      lazyByGroup.delete(group!);
+      for (const other of waiting) other.flushNow();
     }
     if (!more) {
       // Keep later frames here until the muxer has room instead of growing its buffer.
@@ -196,6 +249,19 @@ export class FramedStream {
     }
   }
 
+  /** Stops waiting as a lazy stream (its frames are being flushed, or dropped). */
+  private leaveLazy(): void {
+    if (this.lazyTimer === null) return;
+    clearTimeout(this.lazyTimer);
+    this.lazyTimer = null;
+    const group = this.init.group;
+    const set = group === undefined ? undefined : lazyByGroup.get(group);
+    if (set) {
+      set.delete(this);
+      if (set.size === 0) lazyByGroup.delete(group!);
+    }
+  }
+
   private finish(error: Error): void {
     if (this.closed) return;
     this.closed = true;
@@ -203,6 +269,7 @@ export class FramedStream {
       due.delete(this);
       this.flushScheduled = false;
     }
+    this.leaveLazy();
     this.outQueue = [];
     try {
       this.init.onClose(error);

@@ -21,7 +21,7 @@ import { lpStream } from "@libp2p/utils";
 import { multiaddr, type Multiaddr } from "@multiformats/multiaddr";
 import type { Libp2p } from "libp2p";
 import type { Signer, Verifier } from "../signer/index.js";
-import { FramedStream } from "./channel.js";
+import { FramedStream, LAZY_FRAME_MS } from "./channel.js";
 import { FRAME_VERSION, MAX_ERROR_CHARS, encodeFrame, lengthPrefixed, type Frame } from "./frames.js";
 import { HELLO_MAX_BYTES, HELLO_PROTOCOL, HelloError, encodeHello, makeHello, parseHello, verifyHello } from "./hello.js";
 import { DEFAULT_LISTEN, cancelStrayTimers, cheapenNoiseFraming, coalesceSocketWrites, createNode } from "./node.js";
@@ -138,6 +138,9 @@ interface PendingSend {
 interface ChannelDeps {
   maxFrameBytes: number;
   logger: TransportLogger;
+  /** Shared by the streams between this node and the peer (acks ride with messages; see FramedStream). */
+  group: string;
+  lazyMs: number;
 }
 
 /** Our stream towards one peer: sends msg frames, settles send() promises from acks/nacks. */
@@ -176,6 +179,8 @@ class OutChannel {
       maxFrameBytes: this.deps.maxFrameBytes,
       logger: this.deps.logger,
       label: `to ${this.address}`,
+      group: this.deps.group,
+      lazyMs: this.deps.lazyMs,
       onFrame: (frame) => this.onFrame(frame),
       // No more acks can come once the remote stops writing.
       onEnd: () => this.io?.abort(new Error("remote closed its end")),
@@ -244,6 +249,8 @@ class InChannel {
       maxFrameBytes: deps.maxFrameBytes,
       logger: deps.logger,
       label: `from ${from}`,
+      group: deps.group,
+      lazyMs: deps.lazyMs,
       onFrame: (frame, size) => this.onFrame(frame, size),
       onEnd: () => {
         this.ended = true;
@@ -292,11 +299,11 @@ class InChannel {
             this.replies = this.replies.then(async () => {
               const frame = await reply;
               this.inFlight--;
-              this.io.writeFrame(encodeFrame(frame));
+              this.write(frame);
             });
             if (this.inFlight >= MAX_PIPELINED) await this.replies;
           } else {
-            this.io.writeFrame(encodeFrame(await this.reply(item.id, item.body)));
+            this.write(await this.reply(item.id, item.body));
           }
           this.maybeResume();
         }
@@ -319,6 +326,12 @@ class InChannel {
       }
       if (this.ended && this.io.isOpen) void this.io.close();
     }
+  }
+
+  /** An ack may wait for a message to the peer to ride with; a nack goes at once. */
+  private write(frame: Frame): void {
+    if (frame.kind === "ack") this.io.writeLazyFrame(encodeFrame(frame));
+    else this.io.writeFrame(encodeFrame(frame));
   }
 
   private maybeResume(): void {
@@ -362,6 +375,7 @@ export class P2PTransport {
   private readonly logger: TransportLogger;
   private readonly limits: ConnectionLimits | undefined;
   private readonly pipelineHandler: boolean;
+  private readonly ackDelayMs: number;
 
   private node: Libp2p | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
@@ -393,6 +407,8 @@ export class P2PTransport {
     this.logger = options.logger ?? noopLogger;
     this.limits = options.limits;
     this.pipelineHandler = options.pipelineHandler ?? false;
+    this.ackDelayMs = options.ackDelayMs ?? LAZY_FRAME_MS;
+    if (!Number.isFinite(this.ackDelayMs) || this.ackDelayMs < 0) throw new Error("createTransport: ackDelayMs must be a number >= 0");
     if (!Number.isSafeInteger(this.maxMessageBytes) || this.maxMessageBytes < 64) throw new Error("createTransport: maxMessageBytes must be an integer >= 64");
     for (const [name, value] of Object.entries({ sendTimeoutMs: this.sendTimeoutMs, helloTimeoutMs: this.helloTimeoutMs, redialMinMs: this.redialMinMs, redialMaxMs: this.redialMaxMs })) {
       if (!Number.isFinite(value) || value <= 0) throw new Error(`createTransport: ${name} must be a positive number`);
@@ -839,7 +855,7 @@ export class P2PTransport {
   private outChannel(peerKey: string, address: Address): OutChannel {
     const existing = this.out.get(peerKey);
     if (existing !== undefined) return existing;
-    const channel = new OutChannel(address, { maxFrameBytes: this.maxMessageBytes, logger: this.logger }, (done) => {
+    const channel = new OutChannel(address, { maxFrameBytes: this.maxMessageBytes, logger: this.logger, group: this.streamGroup(address), lazyMs: this.ackDelayMs }, (done) => {
       if (this.out.get(peerKey) === done) this.out.delete(peerKey);
     });
     this.out.set(peerKey, channel);
@@ -853,6 +869,10 @@ export class P2PTransport {
       (err: unknown) => channel.fail(new P2PError(`cannot open stream to ${address}: ${errorText(err)}`, "closed")),
     );
     return channel;
+  }
+
+  private streamGroup(peer: Address): string {
+    return `${this.address}>${peer.toLowerCase()}`;
   }
 
   /** The newest open, hello-bound connection to `peerKey`. */
@@ -886,7 +906,7 @@ export class P2PTransport {
     const channel = new InChannel(
       stream,
       from,
-      { maxFrameBytes: this.maxMessageBytes, logger: this.logger, handler: () => this.handler, pipeline: this.pipelineHandler },
+      { maxFrameBytes: this.maxMessageBytes, logger: this.logger, group: this.streamGroup(from), lazyMs: this.ackDelayMs, handler: () => this.handler, pipeline: this.pipelineHandler },
       (done) => this.inbound.delete(done),
     );
     this.inbound.add(channel);

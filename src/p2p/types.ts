@@ -45,6 +45,11 @@ export interface TransportOptions {
    * the order it is called (its synchronous part) and resolves once that is durable.
    */
   pipelineHandler?: boolean;
+  /**
+   * How long an ack may wait for a message to the same peer to ride with (one socket write and one
+   * wake-up of the peer instead of two). Default 10 ms; 0 writes every ack at once.
+   */
+  ackDelayMs?: number;
 }
 
 export type PeerEvent = "connected" | "disconnected";
