@@ -39,6 +39,7 @@ import { measure as measureGas } from "./gas.js";
 import { cpuSeconds, dirBytes, hubMetrics, initHub, rssBytes, startHub, type HubProcess } from "./bench/hub.js";
 import { buildSyntheticHubStore } from "./bench/scale.js";
 import { BenchUser, openChannels, pool, waitForHubChannels, type UserCounters } from "./bench/users.js";
+import { mined } from "../src/chain/deploy.js";
 
 // ------------------------------------------------------------------ options
 
@@ -117,7 +118,7 @@ async function setCreditLimit(devnet: Devnet, hub: string): Promise<void> {
   const iface = new Interface(artifact("StarlingChannels").abi as ConstructorParameters<typeof Interface>[0]);
   const data = iface.encodeFunctionData("setCreditLimit", [hub, 10n ** 30n]);
   const hash = (await devnet.provider.send("eth_sendTransaction", [{ from: devnet.wallets[0]!.address, to: devnet.deployment.channels, data }])) as string;
-  await devnet.provider.waitForTransaction(hash);
+  await mined({ hash, provider: devnet.provider });
 }
 
 function signerRates(backend: Secp256k1Backend, ms: number): { sign: number; recover: number } {

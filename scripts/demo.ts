@@ -14,6 +14,7 @@
  */
 import { keccak256 } from "ethers";
 import { Cluster, randomId as id, waitFor, type ChannelWire } from "../src/devkit/cluster.js";
+import { mined } from "../src/chain/deploy.js";
 
 const keep = process.argv.includes("--keep");
 
@@ -28,7 +29,7 @@ async function main(cluster: Cluster): Promise<number> {
   // Dev accounts 1..5 hold ether for gas; each node imports one (never do this on a real network).
   step("issuer sets the hubs' credit lines (10,000,000,000 tokens per channel, the seed's figure)");
   const CREDIT = 10_000_000_000n * 10n ** 18n;
-  for (const i of [1, 2]) await (await cluster.channels.getFunction("setCreditLimit")(devnet.wallets[i]!.address, CREDIT)).wait();
+  for (const i of [1, 2]) await mined(await cluster.channels.getFunction("setCreditLimit")(devnet.wallets[i]!.address, CREDIT));
 
   step("start two hubs and three users, each its own process");
   // Hubs first with no peers, to learn their peer ids; then restart hub1/hub2 knowing each other.

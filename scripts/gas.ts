@@ -13,7 +13,7 @@
  */
 import { hexlify, keccak256, randomBytes, AbiCoder, type HDNodeWallet } from "ethers";
 import { Harness, emptyState, type LockValue, type StateValue } from "../src/devkit/harness.js";
-import type { Mode } from "../src/chain/deploy.js";
+import { mined, type Mode } from "../src/chain/deploy.js";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
@@ -108,7 +108,7 @@ export async function measure(mode: Mode): Promise<Row[]> {
       const root = keccak256(AbiCoder.defaultAbiCoder().encode(["tuple(uint8,uint256,uint256,bytes32)[]"], [[[lock.sender, lock.amount, lock.expiry, lock.secretHash]]]));
       const s = stateFor(id3, u3, 5n, 10n, hubIs1 ? { locked1: 30n, locksRoot: root } : { locked2: 30n, locksRoot: root });
       await h.send(u3, "close", "close", id3, hub.address, s, await h.stateSig(hub, s));
-      await (await h.registry.getFunction("registerSecret")(secret)).wait();
+      await mined(await h.registry.getFunction("registerSecret")(secret));
       await h.increaseTime(period + 1);
       await h.send(u3, "settle", "settle", id3, p1.address, p2.address);
       record("unlock (1 lock)", (await h.send(u3, "unlock", "unlock", id3, p1.address, p2.address, [lock])).gasUsed);

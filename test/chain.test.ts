@@ -3,7 +3,7 @@
  * re-broadcast and replacement), ChannelsClient happy paths, and the ChainEvents scanner.
  */
 import { expect } from "chai";
-import { Interface, hexlify, keccak256, randomBytes, AbiCoder, type HDNodeWallet } from "ethers";
+import { Interface, hexlify, keccak256, randomBytes, AbiCoder, type HDNodeWallet, type TransactionReceipt } from "ethers";
 import { startDevnet, type Devnet } from "../src/chain/devnet.js";
 import { artifact } from "../src/chain/artifacts.js";
 import { TYPES, typedDataDomain } from "../src/chain/typed-data.js";
@@ -13,6 +13,7 @@ import { ChannelsClient, orderParticipants } from "../src/chain/adapter.js";
 import { ChainEvents, memoryCursor, type ChainEvent } from "../src/chain/events.js";
 import type { Address, ChannelState, Hex } from "../src/protocol/types.js";
 import type { StateSignature } from "../src/protocol/channel.js";
+import { mined } from "../src/chain/deploy.js";
 
 const PERIOD = 600;
 const ZERO32 = `0x${"00".repeat(32)}` as Hex;
@@ -116,7 +117,7 @@ describe("chain adapter (embedded chain)", function () {
     it("recovers when the key's nonce was used by another sender", async function () {
       const client = ChannelsClient.connect(devnet.deployment, wallet(2));
       const cached = await client.sender.nextNonce();
-      await (await wallet(2).sendTransaction({ to: addr(2), value: 1n })).wait();
+      await mined(await wallet(2).sendTransaction({ to: addr(2), value: 1n }));
       const result = await client.registerSecret(randomSecret());
       expect(result.nonce).to.equal(cached + 1);
       expect(await client.sender.nextNonce()).to.equal(cached + 2);
@@ -431,5 +432,28 @@ describe("chain adapter (embedded chain)", function () {
       expect(new Set(keys).size).to.equal(keys.length);
       expect(got.filter((e) => e.type === "ChannelClosed").length).to.be.greaterThan(0);
     });
+  });
+});
+
+describe("mined (waiting for a receipt by polling)", function () {
+  const hash = `0x${"ab".repeat(32)}`;
+  const provider = (receipt: unknown) => ({ getTransactionReceipt: async () => receipt as TransactionReceipt | null });
+
+  it("returns the receipt of a mined transaction", async () => {
+    const receipt = { status: 1, blockNumber: 7 };
+    expect(await mined({ hash, provider: provider(receipt) })).to.equal(receipt);
+  });
+
+  it("throws for a reverted transaction, and after the timeout for one never mined", async () => {
+    await mined({ hash, provider: provider({ status: 0, blockNumber: 7 }) }).then(
+      () => expect.fail("a reverted transaction was accepted"),
+      (err: Error) => expect(err.message).to.match(/reverted \(block 7\)/),
+    );
+    const t0 = Date.now();
+    await mined({ hash, provider: provider(null) }, 100).then(
+      () => expect.fail("a missing receipt was accepted"),
+      (err: Error) => expect(err.message).to.match(/not mined within 100 ms/),
+    );
+    expect(Date.now() - t0).to.be.at.least(100);
   });
 });

@@ -7,6 +7,7 @@ import { expect } from "chai";
 import type { HDNodeWallet } from "ethers";
 import { startHarness, type Harness, emptyState, type StateValue } from "./helpers/channels.js";
 import { expectRevert } from "./helpers/revert.js";
+import { mined } from "../src/chain/deploy.js";
 
 const PERIOD = 600;
 const CREDIT = 1_000_000n;
@@ -88,7 +89,7 @@ describe("StarlingChannels (issuer mode)", function () {
     expect(await h.balanceOf(hub.address)).to.equal(hubBefore + 120n);
     await h.increaseTime(PERIOD + 1);
     const [p1, p2] = ordered();
-    await (await h.channels.getFunction("settle")(id, p1.address, p2.address)).wait();
+    await mined(await h.channels.getFunction("settle")(id, p1.address, p2.address));
     expect(await h.balanceOf(user.address)).to.equal(500n - 200n + 80n);
     expect(await h.totalSupply()).to.equal(supply0);
   });

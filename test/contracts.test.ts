@@ -6,6 +6,7 @@ import { expect } from "chai";
 import { AbiCoder, keccak256, randomBytes, hexlify, type HDNodeWallet } from "ethers";
 import { startHarness, type Harness, emptyState, sum, ZERO32, type StateValue, type LockValue } from "./helpers/channels.js";
 import { expectRevert } from "./helpers/revert.js";
+import { mined } from "../src/chain/deploy.js";
 
 const coder = AbiCoder.defaultAbiCoder();
 const PERIOD = 600;
@@ -233,7 +234,7 @@ describe("StarlingChannels (collateral mode)", function () {
       await h.increaseTime(PERIOD + 1);
       const s3 = state(3n, 40n, 0n);
       await expectRevert(u(id, p1.address, p2.address, s3, await h.stateSig(p1, s3), await h.stateSig(p2, s3)), "ChallengePeriodOver");
-      await (await h.channels.getFunction("settle")(id, p1.address, p2.address)).wait();
+      await mined(await h.channels.getFunction("settle")(id, p1.address, p2.address));
       expect(await total()).to.equal(t0);
     });
 
@@ -343,9 +344,9 @@ describe("StarlingChannels (collateral mode)", function () {
       const before2 = await h.balanceOf(p2.address);
       await h.send(p2, "close", "close", id, p1.address, s, await h.stateSig(p1, s));
       expect(await h.balanceOf(p1.address)).to.equal(before1 + 60n); // the non-closer, at once
-      await (await h.registry.getFunction("registerSecret")(secretA)).wait();
+      await mined(await h.registry.getFunction("registerSecret")(secretA));
       await h.increaseTime(PERIOD + 1); // past every expiry
-      await (await h.registry.getFunction("registerSecret")(secretC)).wait(); // too late for its lock
+      await mined(await h.registry.getFunction("registerSecret")(secretC)); // too late for its lock
       await expectRevert(h.channels.getFunction("unlock")(id, p1.address, p2.address, locks), "WrongPhase");
       await h.send(outsider, "settle", "settle", id, p1.address, p2.address);
       expect(await h.balanceOf(p2.address)).to.equal(before2 + 53n); // the closer, after the period
@@ -364,20 +365,20 @@ describe("StarlingChannels (collateral mode)", function () {
       const s = state(1n, 0n, 0n, { locked2: 10n, locksRoot: lockList(locks) });
       await h.send(p2, "close", "close", id, p1.address, s, await h.stateSig(p1, s));
       await h.increaseTime(PERIOD + 1);
-      await (await h.channels.getFunction("settle")(id, p1.address, p2.address)).wait();
+      await mined(await h.channels.getFunction("settle")(id, p1.address, p2.address));
       await expectRevert(h.channels.getFunction("unlock")(id, p1.address, p2.address, locks), "LockNotExpired");
       const before1 = await h.balanceOf(p1.address);
-      await (await h.registry.getFunction("registerSecret")(secret)).wait();
-      await (await h.channels.getFunction("unlock")(id, p1.address, p2.address, locks)).wait();
+      await mined(await h.registry.getFunction("registerSecret")(secret));
+      await mined(await h.channels.getFunction("unlock")(id, p1.address, p2.address, locks));
       expect(await h.balanceOf(p1.address)).to.equal(before1 + 10n);
     });
 
     it("registers a secret once and keeps the first time", async function () {
       const secret = hexlify(randomBytes(32));
-      await (await h.registry.getFunction("registerSecret")(secret)).wait();
+      await mined(await h.registry.getFunction("registerSecret")(secret));
       const t1 = await h.registry.getFunction("revealedAt")(keccak256(secret));
       await h.increaseTime(5);
-      await (await h.registry.getFunction("registerSecrets")([secret, hexlify(randomBytes(32))])).wait();
+      await mined(await h.registry.getFunction("registerSecrets")([secret, hexlify(randomBytes(32))]));
       expect(await h.registry.getFunction("revealedAt")(keccak256(secret))).to.equal(t1);
     });
   });

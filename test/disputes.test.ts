@@ -27,6 +27,7 @@ import {
 import { artifact } from "../src/chain/artifacts.js";
 import { DEFAULT_TRANSFER_POLICY } from "../src/protocol/transfer.js";
 import { agreed, eventually, rpcError } from "./helpers/daemon-asserts.js";
+import { mined } from "../src/chain/deploy.js";
 
 const T = 10n ** 18n;
 const HUB_DEPOSIT = 1_000n * T; // hub.depositPerChannel of both hubs
@@ -394,7 +395,7 @@ describe("disputes: nobody honest loses funds, a cheater loses the channel", fun
 
       await c().kill(hub);
       const registry = new Contract(c().devnet.deployment.secretRegistry, artifact("SecretRegistry").abi, bob.wallet);
-      await (await registry.getFunction("registerSecret")(secret)).wait();
+      await mined(await registry.getFunction("registerSecret")(secret));
       const revealedAt = (await registry.getFunction("revealedAt")(keccak256(secret))) as bigint;
       expect(revealedAt > 0n && revealedAt <= payeeExpiry, "registered on chain before bob's lock expires").to.equal(true);
       return { paymentId, secret, payeeExpiry, payerExpiry };

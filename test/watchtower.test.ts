@@ -31,6 +31,7 @@ import { normalizeAddress } from "../src/protocol/eip712.js";
 import type { Address, Hex } from "../src/protocol/types.js";
 import { TowerClient, Watchtower, buildHandOff, openSeal, type WatchRecord } from "../src/watcher/index.js";
 import { signUpdate } from "../src/watcher/handoff.js";
+import { mined } from "../src/chain/deploy.js";
 
 const PERIOD = 600;
 const DEPOSIT = 100n;
@@ -393,7 +394,7 @@ describe("watchtower", function () {
     expect((await h.channel(p.wallets[1], p.wallets[2])).phase).to.equal(2n); // still closed: nothing landed
     await tower.stop();
 
-    await (await h.wallet(0).sendTransaction({ to: key.address, value: 10n ** 18n })).wait();
+    await mined(await h.wallet(0).sendTransaction({ to: key.address, value: 10n ** 18n }));
     tower = await startTower(dir, key);
     await waitFor("the penalty", channelGone(p));
     expect(await h.balanceOf(victim.address)).to.equal(before + 2n * DEPOSIT);

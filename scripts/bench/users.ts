@@ -11,7 +11,7 @@ import { keccak256 } from "../../src/protocol/keccak.js";
 import { randomFillSync } from "node:crypto";
 import { Interface, type JsonRpcProvider } from "ethers";
 import { artifact } from "../../src/chain/artifacts.js";
-import type { Deployment } from "../../src/chain/deploy.js";
+import { mined, type Deployment } from "../../src/chain/deploy.js";
 import { IN_A_BUNDLE, NodeCore, type StepResult, type WireEnvelope } from "../../src/engine/node-core.js";
 import { StepRunner, type WireMessage } from "../../src/node/steps.js";
 import { createTransport, type P2PTransport } from "../../src/p2p/index.js";
@@ -251,7 +251,7 @@ export async function openChannels(provider: JsonRpcProvider, deployment: Deploy
       }
     }),
   );
-  for (const hash of last) if (hash) await provider.waitForTransaction(hash);
+  for (const hash of last) if (hash) await mined({ hash, provider });
 }
 
 export interface HubChannel {

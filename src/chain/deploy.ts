@@ -4,7 +4,7 @@
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { Contract, ContractFactory, JsonRpcProvider, type Signer } from "ethers";
+import { Contract, ContractFactory, JsonRpcProvider, type Provider, type Signer, type TransactionReceipt } from "ethers";
 import { artifact, type ContractName } from "./artifacts.js";
 
 export type Mode = "collateral" | "issuer";
@@ -47,6 +47,29 @@ export function connectProvider(url: string, pollingIntervalMs = 250): JsonRpcPr
   return provider;
 }
 
+/**
+ * The receipt of `tx` once it is mined; throws if it reverted or is not mined within `timeoutMs`.
+ * Polls for the receipt instead of ethers' `wait()`, which can wait forever on an automining chain
+ * (anvil): it reads the block number, finds no receipt yet, then waits for the next block event,
+ * and a block mined in between is never reported (ethers issue #4224).
+ */
+export async function mined(
+  tx: { hash: string; provider: Pick<Provider, "getTransactionReceipt"> } | null | undefined,
+  timeoutMs = 60_000,
+): Promise<TransactionReceipt> {
+  if (!tx) throw new Error("no transaction to wait for");
+  const deadline = Date.now() + timeoutMs;
+  for (let pause = 5; ; pause = Math.min(pause * 2, 200)) {
+    const receipt = await tx.provider.getTransactionReceipt(tx.hash);
+    if (receipt) {
+      if (receipt.status !== 1) throw new Error(`transaction ${tx.hash} reverted (block ${receipt.blockNumber})`);
+      return receipt;
+    }
+    if (Date.now() > deadline) throw new Error(`transaction ${tx.hash} not mined within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, pause));
+  }
+}
+
 async function deployContract(
   deployer: Signer,
   name: ContractName,
@@ -54,8 +77,7 @@ async function deployContract(
 ): Promise<{ address: string; block: number }> {
   const { abi, bytecode } = artifact(name);
   const contract = await new ContractFactory(abi, bytecode, deployer).deploy(...args);
-  const receipt = await contract.deploymentTransaction()?.wait();
-  if (!receipt) throw new Error(`deployment of ${name} was not mined`);
+  const receipt = await mined(contract.deploymentTransaction());
   return { address: await contract.getAddress(), block: receipt.blockNumber };
 }
 
@@ -86,7 +108,7 @@ export async function deployStarling(options: DeployOptions): Promise<Deployment
   if (mode === "issuer") {
     const tokenContract = new Contract(token, artifact("StarlingToken").abi, deployer);
     const role = (await tokenContract.getFunction("MINTER_ROLE")()) as string;
-    await (await tokenContract.getFunction("grantRole")(role, channels)).wait();
+    await mined(await tokenContract.getFunction("grantRole")(role, channels));
   }
   const network = await provider.getNetwork();
   return {

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { Contract, type HDNodeWallet } from "ethers";
 import { startDevnet, type Devnet } from "../chain/devnet.js";
-import type { Mode } from "../chain/deploy.js";
+import { mined, type Mode } from "../chain/deploy.js";
 import { artifact, packageRoot } from "../chain/artifacts.js";
 import { mergeConfig, type ConfigInput } from "../config.js";
 import { RpcClient } from "../rpc/index.js";
@@ -607,7 +607,7 @@ export class Cluster {
   // ------------------------------------------------------------------ chain helpers
 
   async mint(to: string, amount: bigint): Promise<void> {
-    await (await this.token.getFunction("mint")(to, amount)).wait();
+    await mined(await this.token.getFunction("mint")(to, amount));
   }
 
   async tokenBalance(address: string): Promise<bigint> {
@@ -620,7 +620,7 @@ export class Cluster {
 
   /** Issuer mode: the issuer sets a hub's credit line. */
   async setCreditLimit(hub: ClusterNode, amount: bigint): Promise<void> {
-    await (await this.channels.getFunction("setCreditLimit")(hub.address, amount)).wait();
+    await mined(await this.channels.getFunction("setCreditLimit")(hub.address, amount));
   }
 
   /** Moves chain time forward and mines a block at the new time. */

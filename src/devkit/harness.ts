@@ -5,7 +5,7 @@
 import { Contract, TypedDataEncoder, type HDNodeWallet, type TransactionReceipt } from "ethers";
 import { artifact } from "../chain/artifacts.js";
 import { startDevnet, type Devnet } from "../chain/devnet.js";
-import type { Mode } from "../chain/deploy.js";
+import { mined, type Mode } from "../chain/deploy.js";
 import { TYPES, typedDataDomain } from "../chain/typed-data.js";
 
 export const ZERO32 = "0x" + "00".repeat(32);
@@ -63,7 +63,7 @@ export class Harness {
   async send(from: HDNodeWallet, label: string, method: string, ...args: unknown[]): Promise<TransactionReceipt> {
     const c = this.channels.connect(from) as Contract;
     const tx = await c.getFunction(method)(...args);
-    const receipt = (await tx.wait()) as TransactionReceipt;
+    const receipt = await mined(tx);
     const list = this.gas.get(label) ?? [];
     list.push(receipt.gasUsed);
     this.gas.set(label, list);
@@ -98,8 +98,8 @@ export class Harness {
   }
 
   async fundAndApprove(w: HDNodeWallet, amount: bigint): Promise<void> {
-    await (await (this.token.connect(this.wallet(0)) as Contract).getFunction("mint")(w.address, amount)).wait();
-    await (await (this.token.connect(w) as Contract).getFunction("approve")(this.devnet.deployment.channels, amount)).wait();
+    await mined(await (this.token.connect(this.wallet(0)) as Contract).getFunction("mint")(w.address, amount));
+    await mined(await (this.token.connect(w) as Contract).getFunction("approve")(this.devnet.deployment.channels, amount));
   }
 
   async deposit(id: string, w: HDNodeWallet, partner: HDNodeWallet, total: bigint): Promise<TransactionReceipt> {
