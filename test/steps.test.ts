@@ -9,6 +9,7 @@ import type { Domain, Hex } from "../src/protocol/types.js";
 import { storedTransferEntry, transferStateFromEntries } from "../src/node/persist.js";
 import { StepRunner } from "../src/node/steps.js";
 import { loadBackend } from "../src/signer/index.js";
+import { encode } from "../src/store/codec.js";
 import { LevelStore } from "../src/store/store.js";
 
 const DOMAIN: Domain = { chainId: 31337n, verifyingContract: `0x${"11".repeat(20)}` };
@@ -120,6 +121,8 @@ describe("stored transfer entries", function () {
     const loaded = transferStateFromEntries([["t!sent!k", stored], ["t!received!k", storedTransferEntry("received", lock)]], "t!");
     expect(loaded.sent.get("k")).to.deep.equal(lock);
     expect(loaded.received.get("k")).to.deep.equal(lock);
+    // Field for field as written, so a loaded lock's LockedTransfer is re-sent byte for byte alike.
+    expect(encode(loaded.sent.get("k"))).to.equal(encode(lock));
   });
 
   it("a meta field that differs from the lock's is kept; records stored whole and other tables load unchanged", function () {

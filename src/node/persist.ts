@@ -66,13 +66,19 @@ export function storedTransferEntry(table: string, value: unknown): unknown {
   return { ...lock, meta };
 }
 
+/** A LockedTransfer's fields in the order the engine writes them (so a loaded one encodes alike). */
+const META_ORDER = ["type", "channelId", "paymentId", "initiator", "target", "amount", "secretHash", "expiry"];
+
 function loadedTransferEntry(table: string, value: unknown): unknown {
   if (table !== "sent" && table !== "received") return value;
   const lock = value as LockRecord;
   if (!lock.meta) return value;
-  const meta: Record<string, unknown> = { type: "LockedTransfer" };
-  for (const f of META_FROM_LOCK) meta[f] = lock[f];
-  return { ...lock, meta: { ...meta, ...lock.meta } };
+  const full: Record<string, unknown> = { type: "LockedTransfer" };
+  for (const f of META_FROM_LOCK) full[f] = lock[f];
+  Object.assign(full, lock.meta);
+  const meta: Record<string, unknown> = {};
+  for (const f of [...META_ORDER, ...Object.keys(full)]) if (Object.hasOwn(full, f) && !Object.hasOwn(meta, f)) meta[f] = full[f];
+  return { ...lock, meta };
 }
 
 /** Rebuilds a transfer state from its entries as listed by the store under `prefix`. */

@@ -17,7 +17,7 @@ export interface FramedStreamInit {
   label: string;
   /**
    * The streams between this node and one peer share a group: a flush of any of them takes the
-   * lazily written frames of the others along (see {@link FramedStream.writeLazy}).
+   * lazily written frames of the others along (see {@link FramedStream.writeLazyFrame}).
    */
   group?: string;
   /** How long a lazily written frame may wait (default {@link LAZY_FRAME_MS}; 0: not at all). */

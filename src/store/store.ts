@@ -486,9 +486,14 @@ class LevelBackend implements Backend {
     // form clones and re-validates every operation in JavaScript first, which cost about three
     // times the main-thread time per operation (scripts/bench-store.ts measures both).
     const batch = this.handle().batch();
-    for (const op of ops) {
-      if (op.type === "put") batch.put(op.key, op.value);
-      else batch.del(op.key);
+    try {
+      for (const op of ops) {
+        if (op.type === "put") batch.put(op.key, op.value);
+        else batch.del(op.key);
+      }
+    } catch (err) {
+      void batch.close().catch(() => undefined);
+      throw err;
     }
     return batch.write({ sync: this.sync });
   }
