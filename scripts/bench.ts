@@ -2,8 +2,8 @@
  * Starling's performance figures against their targets, everything on this machine: the embedded
  * chain, a real hub daemon in its own process, and a load generator playing the users.
  *
- *   npm run bench                  full run (1,000 channels; 100,000-channel hub scale test), ~4 min here
- *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), ~40 s here with the build
+ *   npm run bench                  full run (1,000 channels; 100,000-channel hub scale test), ~3.2 min here
+ *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), ~45 s here with the build
  *   npm run bench -- --json        one JSON object on stdout (progress goes to stderr)
  *   options: --users N  --window N (payments in flight per payer; default 16 quick, 8 full)  --scale N (channels)
  *            --no-invoices (payers make the secrets: a SecretRequest/SecretReveal round per payment)
@@ -30,6 +30,7 @@ import { join, resolve } from "node:path";
 import { keccak256 } from "../src/protocol/keccak.js";
 import { getBytes, Interface } from "ethers";
 import { artifact } from "../src/chain/artifacts.js";
+import { mined } from "../src/chain/deploy.js";
 import { startDevnet, type Devnet } from "../src/chain/devnet.js";
 import { normalizeAddress } from "../src/protocol/eip712.js";
 import type { Address, Hex } from "../src/protocol/types.js";
@@ -39,7 +40,6 @@ import { measure as measureGas } from "./gas.js";
 import { cpuSeconds, dirBytes, hubMetrics, initHub, rssBytes, startHub, type HubProcess } from "./bench/hub.js";
 import { buildSyntheticHubStore } from "./bench/scale.js";
 import { BenchUser, openChannels, pool, waitForHubChannels, type UserCounters } from "./bench/users.js";
-import { mined } from "../src/chain/deploy.js";
 
 // ------------------------------------------------------------------ options
 
