@@ -1,7 +1,7 @@
-#!/usr/bin/env -S node --max-semi-space-size=32
-// Runs the compiled CLI (npm run build writes dist/). The flag above doubles V8's young
-// generation: a busy hub's short-lived objects then die young instead of being copied, ~15% less
-// CPU per payment (docs/performance.md). `launchArgs()` in src/devkit/cluster.ts reads it from here.
+#!/usr/bin/env node
+// Runs the compiled CLI (npm run build writes dist/). A busy daemon runs best with node's
+// --max-semi-space-size=32 (docs/operating.md); node flags cannot be set from in here, and
+// `env -S` in the line above is not portable (busybox's env has no -S), so the caller passes it.
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 

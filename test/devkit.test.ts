@@ -1,37 +1,23 @@
-/** The devkit starts daemons as an installed `starling` runs: with its launcher's node flags. */
+/** The devkit and the benchmark start daemons with the node flags docs/operating.md recommends. */
 import { expect } from "chai";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { launchArgs } from "../src/devkit/cluster.js";
+import { packageRoot } from "../src/chain/artifacts.js";
+import { DAEMON_NODE_FLAGS, launchArgs } from "../src/devkit/cluster.js";
 
 describe("devkit launchArgs", function () {
-  let dir: string;
-  before(() => (dir = mkdtempSync(join(tmpdir(), "starling-launch-"))));
-  after(() => rmSync(dir, { recursive: true, force: true }));
+  const root = packageRoot();
 
-  const launcher = (firstLine: string): string => {
-    const file = join(dir, `bin-${Math.random().toString(36).slice(2)}.js`);
-    writeFileSync(file, `${firstLine}\nconsole.log("hi");\n`);
-    return file;
-  };
-
-  it("gives the project's launcher with the flags of its first line", function () {
-    const args = launchArgs();
-    expect(args.at(-1)).to.match(/bin[/\\]starling\.js$/);
-    expect(args.slice(0, -1)).to.deep.equal(["--max-semi-space-size=32"]);
+  it("runs the project's launcher with the daemon's node flags", function () {
+    expect(DAEMON_NODE_FLAGS).to.deep.equal(["--max-semi-space-size=32"]);
+    expect(launchArgs()).to.deep.equal([...DAEMON_NODE_FLAGS, join(root, "bin", "starling.js")]);
+    expect(launchArgs("/elsewhere/bin/starling.js")).to.deep.equal([...DAEMON_NODE_FLAGS, "/elsewhere/bin/starling.js"]);
   });
 
-  it("reads plain and -S shebangs, with and without flags", function () {
-    const plain = launcher("#!/usr/bin/env node");
-    expect(launchArgs(plain)).to.deep.equal([plain]);
-    const flags = launcher("#!/usr/bin/env -S node --max-semi-space-size=64 --stack-size=2000");
-    expect(launchArgs(flags)).to.deep.equal(["--max-semi-space-size=64", "--stack-size=2000", flags]);
-  });
-
-  it("refuses a first line it cannot run as node would", function () {
-    expect(() => launchArgs(launcher("// no shebang"))).to.throw(/first line is not/);
-    expect(() => launchArgs(launcher("#!/bin/sh"))).to.throw(/first line is not/);
-    expect(() => launchArgs(launcher("#!/usr/bin/env -S node script.js"))).to.throw(/first line is not/);
+  it("the benchmark's own process and the operator docs use the same flags; the launcher's first line stays portable", function () {
+    const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { scripts: Record<string, string> };
+    expect(pkg.scripts.bench).to.contain(`node ${DAEMON_NODE_FLAGS.join(" ")} dist/scripts/bench.js`);
+    expect(readFileSync(join(root, "docs", "operating.md"), "utf8")).to.contain(`node ${DAEMON_NODE_FLAGS.join(" ")}`);
+    expect(readFileSync(join(root, "bin", "starling.js"), "utf8").split("\n", 1)[0]).to.equal("#!/usr/bin/env node");
   });
 });
