@@ -4,13 +4,12 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, type Dirent } from "node:fs";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { randomBytes } from "node:crypto";
 import { packageRoot } from "../../src/chain/artifacts.js";
 import { writeConfig } from "../../src/config.js";
 import { writeDeployment, type Deployment } from "../../src/chain/deploy.js";
-import { launchArgs } from "../../src/devkit/cluster.js";
+import { freePort, launchArgs } from "../../src/devkit/cluster.js";
 import { createKeystore } from "../../src/keystore.js";
 import type { NodeEventMap, NodeMethods } from "../../src/node/api.js";
 import { RpcClient } from "../../src/rpc/index.js";
@@ -21,18 +20,6 @@ const BIN = join(process.env.BENCH_HUB_ROOT ? resolve(process.env.BENCH_HUB_ROOT
 const PASSWORD = "bench-password";
 
 export type HubRpc = RpcClient<NodeMethods, NodeEventMap>;
-
-export async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const addr = s.address();
-      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
-      s.close(() => res(port));
-    });
-  });
-}
 
 /** What `starling init --role hub` writes, with a cheap keystore (scrypt N = 1024). */
 export async function initHub(dir: string, deployment: Deployment, privateKey: string, rpcUrl: string): Promise<void> {

@@ -319,6 +319,8 @@ export class Cluster {
   private readonly clients = new Set<NodeClient>();
   private readonly logs = new Set<WriteStream>();
   private nextAccount = 1;
+  /** Ports handed out to this cluster's processes: two probes in a row can return the same free port. */
+  private readonly ports = new Set<number>();
   private stopping: Promise<void> | undefined;
   private readonly onExit = () => this.killAllNow();
 
@@ -379,7 +381,7 @@ export class Cluster {
     // Two nodes with one key would fight over nonces and channels.
     const holder = [...this.nodes.values(), ...this.towers.values()].find((n) => n.address === wallet.address.toLowerCase());
     if (holder) throw new Error(`dev account ${account} is ${holder.name}'s already`);
-    const node = new ClusterNode(spec.name, spec.role, wallet, await freePort(), await freePort(), this.dir);
+    const node = new ClusterNode(spec.name, spec.role, wallet, await this.port(), await this.port(), this.dir);
     this.nodes.set(spec.name, node);
     // Dev keys only: never import a key this way on a real network.
     const keyFile = join(this.dir, `${spec.name}.key`);
@@ -409,7 +411,7 @@ export class Cluster {
     if (!wallet) throw new Error(`no dev account ${index}`);
     const holder = [...this.nodes.values(), ...this.towers.values()].find((n) => n.address === wallet.address.toLowerCase());
     if (holder) throw new Error(`dev account ${index} is ${holder.name}'s already`);
-    const tower = new ClusterTower(name, wallet, await freePort(), this.dir);
+    const tower = new ClusterTower(name, wallet, await this.port(), this.dir);
     this.towers.set(name, tower);
     const keyFile = join(this.dir, `${name}.key`);
     writeFileSync(keyFile, wallet.privateKey, { mode: 0o600 });
@@ -474,6 +476,16 @@ export class Cluster {
 
   async stopTower(tower: ClusterTower, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
     if (tower.process) await terminate(tower.process, signal);
+  }
+
+  /** A free port not yet given to a process of this cluster (the OS may return a just-probed one again). */
+  private async port(): Promise<number> {
+    for (;;) {
+      const port = await freePort();
+      if (this.ports.has(port)) continue;
+      this.ports.add(port);
+      return port;
+    }
   }
 
   /** Starts the node's daemon and waits until its RPC answers. */
