@@ -418,16 +418,16 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     // ---- the rate up to which latency stays within the half-load target (full run only: time)
     if (CFG.boundedMs > 0) {
       const tried: { rate: number; p50Ms: number; p99Ms: number; failed: number }[] = [];
-      for (let r = halfRate / 2; r >= 10; r /= 2) {
+      let met: number | null = null;
+      for (let r = halfRate / 2; r >= 10 && met === null; r /= 2) {
         const run = await openLoopRun(pairs, r, CFG.boundedMs);
         const sorted = sortNum(run.latencies);
         const row = { rate: round(r, 0), p50Ms: round(percentile(sorted, 50)), p99Ms: round(percentile(sorted, 99)), failed: run.failed };
         tried.push(row);
         log(`at ${row.rate}/s: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${run.failed} failed of ${run.started}`);
-        if (row.p99Ms <= LOADED_P99_TARGET_MS && run.failed === 0) break;
+        if (row.p99Ms <= LOADED_P99_TARGET_MS && run.failed === 0) met = row.rate;
       }
-      const met = tried.find((t) => t.p99Ms <= LOADED_P99_TARGET_MS && t.failed === 0);
-      figures.latencyBoundedRate = { p99TargetMs: LOADED_P99_TARGET_MS, rate: met?.rate ?? null, tried };
+      figures.latencyBoundedRate = { p99TargetMs: LOADED_P99_TARGET_MS, rate: met, tried };
     }
 
     // ---- crypto bound

@@ -855,7 +855,7 @@ export class P2PTransport {
   private outChannel(peerKey: string, address: Address): OutChannel {
     const existing = this.out.get(peerKey);
     if (existing !== undefined) return existing;
-    const channel = new OutChannel(address, { maxFrameBytes: this.maxMessageBytes, logger: this.logger, group: this.streamGroup(address), lazyMs: this.ackDelayMs }, (done) => {
+    const channel = new OutChannel(address, this.channelDeps(address), (done) => {
       if (this.out.get(peerKey) === done) this.out.delete(peerKey);
     });
     this.out.set(peerKey, channel);
@@ -871,8 +871,9 @@ export class P2PTransport {
     return channel;
   }
 
-  private streamGroup(peer: Address): string {
-    return `${this.address}>${peer.toLowerCase()}`;
+  /** What both directions' streams with `peer` share; the group ties them together (acks ride with messages). */
+  private channelDeps(peer: Address): ChannelDeps {
+    return { maxFrameBytes: this.maxMessageBytes, logger: this.logger, group: `${this.address}>${peer.toLowerCase()}`, lazyMs: this.ackDelayMs };
   }
 
   /** The newest open, hello-bound connection to `peerKey`. */
@@ -906,7 +907,7 @@ export class P2PTransport {
     const channel = new InChannel(
       stream,
       from,
-      { maxFrameBytes: this.maxMessageBytes, logger: this.logger, group: this.streamGroup(from), lazyMs: this.ackDelayMs, handler: () => this.handler, pipeline: this.pipelineHandler },
+      { ...this.channelDeps(from), handler: () => this.handler, pipeline: this.pipelineHandler },
       (done) => this.inbound.delete(done),
     );
     this.inbound.add(channel);
