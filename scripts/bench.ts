@@ -6,6 +6,7 @@
  *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), ~45 s here with the build
  *   npm run bench -- --json        one JSON object on stdout (progress goes to stderr)
  *   options: --users N  --window N (payments in flight per payer; default 16 quick, 8 full)  --scale N (channels)
+ *            --threads N (load-generator threads the users are spread over; default: the cores)
  *            --no-invoices (payers make the secrets: a SecretRequest/SecretReveal round per payment)
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
  *            --latency-samples N (one-at-a-time payments measured, default 200 quick / 500 full,
@@ -13,7 +14,8 @@
  *            --only latency|throughput (of the payments, only that part: to profile one path)
  *
  * What is measured (docs/performance.md explains each figure and how to reproduce it):
- *   throughput   payers pay payees A -> hub -> B with a fixed number of payments in flight each;
+ *   throughput   payers pay payees A -> hub -> B with a fixed number of payments in flight each
+ *                (the users in worker threads, bench/shard.ts; each pays within its own thread);
  *                a payment counts once the payer's step that completes it is durable.
  *   latency      one payment at a time; then payments started at half the measured maximum rate.
  *   crypto       signatures made and checked per payment (hub and users counted separately), the
@@ -23,8 +25,7 @@
  *                LevelDB bytes per channel, record bytes as a channel's updates grow.
  *   gas          scripts/gas.ts, against Raiden's published figures.
  */
-import { cpus, loadavg } from "node:os";
-import { monitorEventLoopDelay } from "node:perf_hooks";
+import { availableParallelism, cpus, loadavg } from "node:os";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { keccak256 } from "../src/protocol/keccak.js";
@@ -35,11 +36,11 @@ import { startDevnet, type Devnet } from "../src/chain/devnet.js";
 import { normalizeAddress } from "../src/protocol/eip712.js";
 import type { Address, Hex } from "../src/protocol/types.js";
 import { loadBackend, newCryptoCounts, type Secp256k1Backend } from "../src/signer/index.js";
-import { LevelStore } from "../src/store/index.js";
 import { measure as measureGas } from "./gas.js";
 import { cpuSeconds, dirBytes, hubMetrics, initHub, rssBytes, startHub, type HubProcess } from "./bench/hub.js";
 import { buildSyntheticHubStore } from "./bench/scale.js";
-import { BenchUser, openChannels, pool, waitForHubChannels, type UserCounters } from "./bench/users.js";
+import { epochMs, ShardClient, type ShardCounters } from "./bench/shard.js";
+import { openChannels, pool, waitForHubChannels } from "./bench/users.js";
 
 // ------------------------------------------------------------------ options
 
@@ -60,6 +61,8 @@ const LOADED_P99_TARGET_MS = 50;
 const JSON_OUT = flag("--json");
 const CFG = {
   users: num("--users", QUICK ? 100 : 1000),
+  /** Load-generator threads the users are spread over (each with its own store and pairs). */
+  threads: Math.floor(num("--threads", availableParallelism())),
   // Payments in flight per payer: enough for several to share a channel update, not so many that
   // the machine only queues (quick: 50 payers, full: 500).
   window: num("--window", QUICK ? 16 : 8),
@@ -142,29 +145,6 @@ function signerRates(backend: Secp256k1Backend, ms: number): { sign: number; rec
   return { sign, recover };
 }
 
-interface Pair {
-  payer: BenchUser;
-  payee: BenchUser;
-}
-
-/**
- * One payment of 1 unit from payer to payee; resolves with its latency in ms. With invoices (the
- * default) the payee opens an invoice first, as a payee hands one out before it is paid: the
- * latency is measured from the payer's `pay` step, as without one.
- */
-async function payOnce({ payer, payee }: Pair): Promise<number> {
-  const secretHash = CFG.invoices ? await payee.invoice(1n) : undefined;
-  const t = performance.now();
-  await payer.pay(payee.address, 1n, secretHash);
-  return performance.now() - t;
-}
-
-async function latencyRun(pair: Pair, n: number): Promise<number[]> {
-  const out: number[] = [];
-  for (let i = 0; i < n; i++) out.push(await payOnce(pair));
-  return out;
-}
-
 interface ThroughputResult {
   rates: number[];
   completed: number;
@@ -181,61 +161,60 @@ interface ThroughputResult {
   seconds: number;
 }
 
-async function throughputRun(pairs: Pair[], window: number, hub: HubProcess, counters: UserCounters): Promise<ThroughputResult> {
-  let stop = false;
-  const done: number[] = [];
-  const lat: number[] = [];
-  let failed = 0;
-  const loops: Promise<void>[] = [];
-  for (const pair of pairs) {
-    for (let w = 0; w < window; w++) {
-      loops.push(
-        (async () => {
-          while (!stop) {
-            try {
-              const ms = await payOnce(pair);
-              done.push(performance.now());
-              lat.push(ms);
-            } catch {
-              failed++;
-              await sleep(50);
-            }
-          }
-        })(),
-      );
-    }
+/** Sums the shards' counters (crypto counts, failures, rejects by code). */
+async function shardCounters(shards: readonly ShardClient[]): Promise<ShardCounters> {
+  const all = await Promise.all(shards.map((s) => s.call("counters")));
+  const sum: ShardCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: {}, disconnects: 0 };
+  for (const c of all) {
+    sum.crypto.signatures += c.crypto.signatures;
+    sum.crypto.recoveries += c.crypto.recoveries;
+    sum.sendFailures += c.sendFailures;
+    sum.refused += c.refused;
+    sum.disconnects += c.disconnects;
+    for (const [code, n] of Object.entries(c.rejects)) sum.rejects[code] = (sum.rejects[code] ?? 0) + n;
   }
+  return sum;
+}
+
+/** Every shard's pairs pay with `window` payments in flight each; counted over the measured windows. */
+async function throughputRun(shards: readonly ShardClient[], window: number, hub: HubProcess): Promise<ThroughputResult> {
+  await Promise.all(shards.map((s) => s.call("startThroughput", window)));
   await sleep(CFG.warmupMs);
   const m0 = await hubMetrics(hub.metricsPort);
-  const u0 = { ...counters.crypto };
+  const u0 = (await shardCounters(shards)).crypto;
   const cpuHub0 = cpuSeconds(hub.pid);
   const cpuLoad0 = process.cpuUsage();
-  const start = performance.now();
-  const from = done.length;
-  const latFrom = lat.length;
-  const rates: number[] = [];
-  let t = start;
+  const bounds = [epochMs()];
   for (let k = 0; k < CFG.windows; k++) {
-    const before = done.length;
     await sleep(CFG.windowMs);
-    const now = performance.now();
-    rates.push(((done.length - before) / (now - t)) * 1000);
-    t = now;
+    bounds.push(epochMs());
   }
-  const seconds = (performance.now() - start) / 1000;
-  const completed = done.length - from;
   const m1 = await hubMetrics(hub.metricsPort);
   const cpuHub = cpuSeconds(hub.pid) - cpuHub0;
   const cl = process.cpuUsage(cpuLoad0);
-  const u1 = { ...counters.crypto };
-  const latencies = lat.slice(latFrom);
-  stop = true;
-  await Promise.all(loops);
+  const u1 = (await shardCounters(shards)).crypto;
+  const samples = await Promise.all(shards.map((s) => s.call("stopThroughput")));
+  const start = bounds[0]!;
+  const end = bounds[bounds.length - 1]!;
+  const rates = bounds.slice(1).map((b, k) => {
+    const from = bounds[k]!;
+    const n = samples.reduce((sum, s) => sum + s.doneAt.filter((t) => t > from && t <= b).length, 0);
+    return (n / (b - from)) * 1000;
+  });
+  const latencies: number[] = [];
+  let completed = 0;
+  for (const s of samples) {
+    s.doneAt.forEach((t, i) => {
+      if (t <= start || t > end) return;
+      completed++;
+      latencies.push(s.latencyMs[i]!);
+    });
+  }
   const d = (k: string) => (m1[k] ?? 0) - (m0[k] ?? 0);
   return {
     rates,
     completed,
-    failed,
+    failed: samples.reduce((n, s) => n + s.failed, 0),
     latencies,
     hubCrypto: { signatures: d("starling_signatures_total"), recoveries: d("starling_signature_recoveries_total") },
     userCrypto: { signatures: u1.signatures - u0.signatures, recoveries: u1.recoveries - u0.recoveries },
@@ -245,44 +224,49 @@ async function throughputRun(pairs: Pair[], window: number, hub: HubProcess, cou
     hubWriteSeconds: d("starling_store_write_seconds_total"),
     hubCpu: cpuHub,
     loadCpu: (cl.user + cl.system) / 1e6,
-    seconds,
+    seconds: (end - start) / 1000,
   };
 }
 
-/** Payments started at `rate` per second (round robin over the payers), whatever is in flight. */
-async function openLoopRun(pairs: Pair[], rate: number, ms: number): Promise<{ latencies: number[]; failed: number; started: number }> {
-  const lat: number[] = [];
-  const pending: Promise<void>[] = [];
-  let failed = 0;
-  let next = 0;
-  const start = performance.now();
-  let issued = 0;
-  while (performance.now() - start < ms) {
-    const due = Math.floor(((performance.now() - start) / 1000) * rate);
-    for (; issued < due; issued++) {
-      pending.push(
-        payOnce(pairs[next++ % pairs.length]!).then(
-          (ms) => void lat.push(ms),
-          () => void failed++,
-        ),
-      );
-    }
-    await sleep(2);
-  }
-  await Promise.all(pending);
-  return { latencies: lat, failed, started: issued };
+interface OpenLoopResult {
+  latencies: number[];
+  failed: number;
+  started: number;
+  /** CPU spent from the first start to the last completion, per completed payment. */
+  cpuMsPerPayment: { hubMs: number; loadGeneratorMs: number };
+  /** The largest of the shards' event-loop delay p99, ms. */
+  eventLoopDelayP99Ms: number;
 }
 
-const rejectCount = (c: UserCounters): number => Object.values(c.rejects).reduce((n, k) => n + k, 0);
+/** Payments started at `rate` per second in all (each shard its share, round robin over its pairs). */
+async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: number, hubPid: number): Promise<OpenLoopResult> {
+  const cpuHub0 = cpuSeconds(hubPid);
+  const cpuLoad0 = process.cpuUsage();
+  const runs = await Promise.all(shards.map((s) => s.call("openLoop", rate / shards.length, ms)));
+  const cl = process.cpuUsage(cpuLoad0);
+  const latencies = runs.flatMap((r) => r.latencies);
+  const cpuMsPerPayment = {
+    hubMs: round(((cpuSeconds(hubPid) - cpuHub0) * 1000) / Math.max(1, latencies.length), 3),
+    loadGeneratorMs: round((cl.user + cl.system) / 1000 / Math.max(1, latencies.length), 3),
+  };
+  return {
+    latencies,
+    failed: runs.reduce((n, r) => n + r.failed, 0),
+    started: runs.reduce((n, r) => n + r.started, 0),
+    cpuMsPerPayment,
+    eventLoopDelayP99Ms: Math.max(...runs.map((r) => r.eventLoopDelayP99Ms)),
+  };
+}
+
+const rejectCount = (c: ShardCounters): number => Object.values(c.rejects).reduce((n, k) => n + k, 0);
 
 /** Throughput, latency and crypto: the hub daemon and the load generator's users on `devnet`. */
 async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1Backend): Promise<void> {
   let hub: HubProcess | undefined;
-  const users: BenchUser[] = [];
-  let userStore: LevelStore | undefined;
+  const shards: ShardClient[] = [];
   try {
     const hubWallet = devnet.wallets[1]!;
-    const hubAddress = normalizeAddress(hubWallet.address);
+    const hubAddress = normalizeAddress(hubWallet.address) as Address;
     await setCreditLimit(devnet, hubAddress);
     const hubDir = join(work, "hub");
     await initHub(hubDir, devnet.deployment, hubWallet.privateKey, devnet.anvil.url);
@@ -290,53 +274,46 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     hub = await startHub(hubDir, { ...(profileDir ? { cpuProfDir: resolve(profileDir) } : {}), log: hubLog });
     log(`hub ${hub.address} up in ${hub.startMs.toFixed(0)} ms (pid ${hub.pid})`);
 
-    // ---- users and their channels
-    userStore = new LevelStore(join(work, "users-db"));
-    await userStore.open();
-    const counters: UserCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: {}, disconnects: 0 };
-    for (let i = 0; i < CFG.users; i++) users.push(new BenchUser(i, userStore, hubAddress as Address, backend, counters));
-    await pool(users, 64, (u) => u.start());
+    // ---- users (in CFG.threads shards) and their channels
+    for (let k = 0; k < CFG.threads; k++) {
+      const from = Math.floor((k * CFG.users) / CFG.threads);
+      const to = Math.floor(((k + 1) * CFG.users) / CFG.threads);
+      shards.push(new ShardClient({ from, to, hub: hubAddress, storeDir: join(work, `users-db-${k}`), invoices: CFG.invoices }));
+    }
+    const addressesByShard = await Promise.all(shards.map((s) => s.call("init")));
+    const addresses = addressesByShard.flat();
     const tOpen = performance.now();
     const openers = devnet.wallets.slice(2).map((w) => w.address);
-    await openChannels(devnet.provider, devnet.deployment, hubAddress as Address, users.map((u) => u.address), openers);
-    log(`${users.length} channels opened on chain in ${((performance.now() - tOpen) / 1000).toFixed(1)} s`);
-    const channels = await waitForHubChannels(hub.rpc, hubAddress as Address, users.map((u) => u.address), 600_000);
+    await openChannels(devnet.provider, devnet.deployment, hubAddress, addresses, openers);
+    log(`${addresses.length} channels opened on chain in ${((performance.now() - tOpen) / 1000).toFixed(1)} s`);
+    const channels = await waitForHubChannels(hub.rpc, hubAddress, addresses, 600_000);
     log(`hub adopted and credited them after ${((performance.now() - tOpen) / 1000).toFixed(1)} s`);
     const domain = { chainId: BigInt(devnet.deployment.chainId), verifyingContract: normalizeAddress(devnet.deployment.channels) };
-    await pool(users, 64, (u) => {
-      const c = channels.get(u.address)!;
-      return u.adopt(c.channelId, c.funding, domain);
-    });
+    await Promise.all(
+      shards.map((s, k) => s.call("adopt", addressesByShard[k]!.map((address) => ({ address, ...channels.get(address)! })), domain)),
+    );
     const tConn = performance.now();
-    await pool(users, 16, (u) => u.connect(hub!.multiaddr));
-    log(`${users.length} users connected to the hub over libp2p in ${((performance.now() - tConn) / 1000).toFixed(1)} s`);
-    // Each user ticks once a second, as its daemon would; spread over the second, not all at once.
-    const SLICES = 50;
-    let slice = 0;
-    const ticker = setInterval(() => {
-      for (let i = slice; i < users.length; i += SLICES) void users[i]!.tick().catch(() => undefined);
-      slice = (slice + 1) % SLICES;
-    }, 1000 / SLICES);
+    await Promise.all(shards.map((s) => s.call("connect", hub!.multiaddr)));
+    log(`${addresses.length} users (${shards.length} load-generator threads) connected to the hub over libp2p in ${((performance.now() - tConn) / 1000).toFixed(1)} s`);
+    await Promise.all(shards.map((s) => s.call("startTicker")));
 
-    const half = Math.floor(users.length / 2);
-    const pairs: Pair[] = Array.from({ length: half }, (_, i) => ({ payer: users[i]!, payee: users[half + i]! }));
+    const payers = (await Promise.all(shards.map((s) => s.call("payers")))).flat();
     const tIssue = performance.now();
-    await pool(pairs, 32, async ({ payer }) => {
-      const arrived = payer.expectIssue();
-      await hub!.rpc.call("payment.issue", { paymentId: `0x${Buffer.from(keccak256(new TextEncoder().encode(`issue-${payer.address}`))).toString("hex")}` as Hex, to: payer.address, amount: (10n ** 15n).toString() } as never);
-      await arrived;
+    await Promise.all(shards.map((s) => s.call("expectIssues")));
+    await pool(payers, 32, async (payer) => {
+      await hub!.rpc.call("payment.issue", { paymentId: `0x${Buffer.from(keccak256(new TextEncoder().encode(`issue-${payer}`))).toString("hex")}` as Hex, to: payer, amount: (10n ** 15n).toString() } as never);
     });
-    log(`hub issued balance to ${pairs.length} payers in ${((performance.now() - tIssue) / 1000).toFixed(1)} s`);
-    const startBalance = new Map(users.map((u) => [u.address, u.balance().mine]));
+    await Promise.all(shards.map((s) => s.call("issuesArrived")));
+    log(`hub issued balance to ${payers.length} payers in ${((performance.now() - tIssue) / 1000).toFixed(1)} s`);
+    await Promise.all(shards.map((s) => s.call("markBalances")));
 
-    // ---- latency, one at a time
+    // ---- latency, one at a time (one pair of the first shard; the others only tick)
     if (ONLY !== "throughput") {
-      const one = pairs[0]!;
-      await latencyRun(one, CFG.latencyWarmup);
+      await shards[0]!.call("latency", CFG.latencyWarmup);
       const latCpuHub0 = cpuSeconds(hub.pid);
       const latCpuLoad0 = process.cpuUsage();
       const latStart = performance.now();
-      const lat = await latencyRun(one, CFG.latencySamples);
+      const lat = await shards[0]!.call("latency", CFG.latencySamples);
       const latWall = performance.now() - latStart;
       const latCpuLoad = process.cpuUsage(latCpuLoad0);
       // Busy time per payment: what is left of a latency is waiting (network, LevelDB's thread, timers).
@@ -355,14 +332,13 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     }
 
     if (ONLY === "latency") {
-      clearInterval(ticker);
-      await settleCheck(users, startBalance);
+      await settleCheck(shards);
       return;
     }
 
     // ---- throughput
-    log(`throughput: ${pairs.length} payers x ${CFG.window} in flight; ${CFG.warmupMs} ms warm-up, ${CFG.windows} windows of ${CFG.windowMs} ms`);
-    const tp = await throughputRun(pairs, CFG.window, hub, counters);
+    log(`throughput: ${payers.length} payers x ${CFG.window} in flight; ${CFG.warmupMs} ms warm-up, ${CFG.windows} windows of ${CFG.windowMs} ms`);
+    const tp = await throughputRun(shards, CFG.window, hub);
     // Sustained: every payment completed over the whole measured time. Under overload the
     // windows swing (bursts and stalls), so their median alone would misstate it either way.
     const rate = tp.completed / tp.seconds;
@@ -386,45 +362,45 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.hubStoreCommitsPerWrite = round(tp.hubCommits / Math.max(1, tp.hubWrites), 1);
     figures.hubStoreBytesPerPayment = Math.round(tp.hubWriteBytes / Math.max(1, tp.completed));
     figures.hubStoreWriteMs = round((tp.hubWriteSeconds * 1000) / Math.max(1, tp.hubWrites), 2);
+    const soFar = await shardCounters(shards);
     log(
       `throughput: ${figures.paymentsPerSecond}/s over ${round(tp.seconds, 1)} s (windows ${tp.rates.map((r) => r.toFixed(0)).join(", ")}; median ${figures.paymentsPerSecondMedianWindow}), ${tp.failed} failed; ` +
         `latency under it p50 ${tpLatency.p50} ms p99 ${tpLatency.p99} ms; ` +
         `CPU per payment hub ${cpu.hubMs} ms, load generator ${cpu.loadGeneratorMs} ms ` +
         `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites} (${figures.hubStoreWriteMs} ms each, ${figures.hubStoreBytesPerPayment} B per payment), completed ${tp.completed}; ` +
-        `so far: ${counters.disconnects} disconnects, ${counters.sendFailures} failed sends, ${rejectCount(counters)} rejects`,
+        `so far: ${soFar.disconnects} disconnects, ${soFar.sendFailures} failed sends, ${rejectCount(soFar)} rejects`,
     );
 
     // ---- loaded latency at half the maximum
     const halfRate = rate / 2;
     await hubMetrics(hub.metricsPort); // resets the hub's event-loop delay histogram
-    const loopDelay = monitorEventLoopDelay({ resolution: 10 });
-    loopDelay.enable();
-    const loaded = await openLoopRun(pairs, halfRate, CFG.loadedMs);
-    loopDelay.disable();
+    const loaded = await openLoopRun(shards, halfRate, CFG.loadedMs, hub.pid);
     const hubLag = await hubMetrics(hub.metricsPort);
     figures.loadedEventLoopDelayP99Ms = {
       hub: round((hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000),
-      loadGenerator: round(loopDelay.percentile(99) / 1e6),
+      loadGenerator: round(loaded.eventLoopDelayP99Ms),
     };
     const loadedSorted = sortNum(loaded.latencies);
     figures.loadedRate = round(halfRate, 0);
     figures.loadedLatencyP50Ms = round(percentile(loadedSorted, 50));
     figures.loadedLatencyP99Ms = round(percentile(loadedSorted, 99));
+    figures.loadedCpuMsPerPayment = loaded.cpuMsPerPayment;
     log(
       `at ${figures.loadedRate}/s (half the maximum): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}; ` +
-        `event-loop delay p99: hub ${(hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000} ms, load generator ${(loopDelay.percentile(99) / 1e6).toFixed(1)} ms`,
+        `CPU per payment hub ${loaded.cpuMsPerPayment.hubMs} ms, load generator ${loaded.cpuMsPerPayment.loadGeneratorMs} ms; ` +
+        `event-loop delay p99: hub ${(hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000} ms, load generator ${loaded.eventLoopDelayP99Ms.toFixed(1)} ms`,
     );
 
     // ---- the rate up to which latency stays within the half-load target (full run only: time)
     if (CFG.boundedMs > 0) {
-      const tried: { rate: number; p50Ms: number; p99Ms: number; failed: number }[] = [];
+      const tried: { rate: number; p50Ms: number; p99Ms: number; failed: number; cpuMsPerPayment: OpenLoopResult["cpuMsPerPayment"] }[] = [];
       let met: number | null = null;
       for (let r = halfRate / 2; r >= 10 && met === null; r /= 2) {
-        const run = await openLoopRun(pairs, r, CFG.boundedMs);
+        const run = await openLoopRun(shards, r, CFG.boundedMs, hub.pid);
         const sorted = sortNum(run.latencies);
-        const row = { rate: round(r, 0), p50Ms: round(percentile(sorted, 50)), p99Ms: round(percentile(sorted, 99)), failed: run.failed };
+        const row = { rate: round(r, 0), p50Ms: round(percentile(sorted, 50)), p99Ms: round(percentile(sorted, 99)), failed: run.failed, cpuMsPerPayment: run.cpuMsPerPayment };
         tried.push(row);
-        log(`at ${row.rate}/s: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${run.failed} failed of ${run.started}`);
+        log(`at ${row.rate}/s: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${run.failed} failed of ${run.started}; CPU per payment hub ${row.cpuMsPerPayment.hubMs} ms, load generator ${row.cpuMsPerPayment.loadGeneratorMs} ms`);
         if (row.p99Ms <= LOADED_P99_TARGET_MS && run.failed === 0) met = row.rate;
       }
       figures.latencyBoundedRate = { p99TargetMs: LOADED_P99_TARGET_MS, rate: met, tried };
@@ -443,20 +419,19 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
         `the users ${sigs.users.sign} and ${sigs.users.recover}: hub bound ${figures.cryptoBoundPaymentsPerSecond}/s on one core, ` +
         `whole system bound on ${cpus().length} cores ${figures.cryptoBoundThisMachinePaymentsPerSecond}/s`,
     );
-    await settleCheck(users, startBalance);
+    await settleCheck(shards);
+    const counters = await shardCounters(shards);
     figures.userSendFailures = counters.sendFailures;
     figures.userRefusedSteps = counters.refused;
     figures.rejectsReceivedByUsers = rejectCount(counters);
     figures.rejectsReceivedByUsersByCode = counters.rejects;
     figures.userDisconnects = counters.disconnects;
-    figures.hubChannelsInThroughputRun = users.length;
+    figures.hubChannelsInThroughputRun = addresses.length;
     figures.hubRssAfterThroughputBytes = rssBytes(hub.pid);
-    clearInterval(ticker);
     const notable = hubLog.filter((l) => !/MaxListenersExceededWarning|--trace-warnings/.test(l));
     if (notable.length > 0) figures.hubLogSample = notable.slice(0, 5);
   } finally {
-    await pool(users, 64, (u) => u.stop()).catch(() => undefined);
-    await userStore?.close().catch(() => undefined);
+    await Promise.all(shards.map((s) => s.close()));
     await hub?.stop();
   }
 }
@@ -465,19 +440,16 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
  * Every payment counted is paid: the locks settle, and each payer's channel lost and each payee's
  * gained exactly what the completed payments say (1 unit each). Sets `paymentsSettled`; exit status 1 if not.
  */
-async function settleCheck(users: readonly BenchUser[], startBalance: ReadonlyMap<string, bigint>): Promise<void> {
+async function settleCheck(shards: readonly ShardClient[]): Promise<void> {
   const tSettle = performance.now();
-  while (users.some((u) => u.balance().pending) && performance.now() - tSettle < 60_000) await sleep(100);
-  const wrong = users.filter((u) => {
-    const { mine, pending } = u.balance();
-    return pending || mine !== startBalance.get(u.address)! - BigInt(u.sent) + BigInt(u.received);
-  });
-  const sentTotal = users.reduce((n, u) => n + u.sent, 0);
-  const receivedTotal = users.reduce((n, u) => n + u.received, 0);
+  const results = await Promise.all(shards.map((s) => s.call("settle", 60_000)));
+  const sentTotal = results.reduce((n, r) => n + r.completed, 0);
+  const receivedTotal = results.reduce((n, r) => n + r.received, 0);
+  const wrong = results.reduce((n, r) => n + r.wrong, 0);
   const settleMs = round(performance.now() - tSettle, 0);
-  const fundsAddUp = wrong.length === 0 && sentTotal === receivedTotal;
-  figures.paymentsSettled = { fundsAddUp, settleMs, completedPayments: sentTotal, receivedPayments: receivedTotal, channelsNotAddingUp: wrong.length };
-  log(`settled: ${sentTotal} payments completed, ${receivedTotal} received, ${wrong.length} channels pending or not adding up, after ${settleMs} ms`);
+  const fundsAddUp = wrong === 0 && sentTotal === receivedTotal;
+  figures.paymentsSettled = { fundsAddUp, settleMs, completedPayments: sentTotal, receivedPayments: receivedTotal, channelsNotAddingUp: wrong };
+  log(`settled: ${sentTotal} payments completed, ${receivedTotal} received, ${wrong} channels pending or not adding up, after ${settleMs} ms`);
   if (!fundsAddUp) {
     log("ERROR: the payments counted do not match the channels' balances");
     process.exitCode = 1;
