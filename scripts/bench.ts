@@ -7,6 +7,7 @@
  *   npm run bench -- --json        one JSON object on stdout (progress goes to stderr)
  *   options: --users N  --window N (payments in flight per payer; default 16 quick, 8 full)  --scale N (channels)
  *            --threads N (load-generator threads the users are spread over; default: the cores)
+ *            --loaded-rate N (open-loop rate of the loaded-latency run instead of half the maximum)
  *            --no-invoices (payers make the secrets: a SecretRequest/SecretReveal round per payment)
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
  *            --latency-samples N (one-at-a-time payments measured, default 200 quick / 500 full,
@@ -75,6 +76,7 @@ const CFG = {
   windows: QUICK ? 3 : 5,
   windowMs: QUICK ? 2000 : 6000,
   loadedMs: QUICK ? 3000 : 15000,
+  loadedRate: option("--loaded-rate") === undefined ? undefined : num("--loaded-rate", 1),
   /** Full run: open-loop runs of this length at halving rates, down to one whose p99 meets the half-load target. */
   boundedMs: QUICK ? 0 : 5000,
   scaleChannels: num("--scale", QUICK ? 10_000 : 100_000),
@@ -372,7 +374,8 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     );
 
     // ---- loaded latency at half the maximum
-    const halfRate = rate / 2;
+    // --loaded-rate fixes the rate (to compare builds at the same load); by default half the maximum.
+    const halfRate = CFG.loadedRate ?? rate / 2;
     await hubMetrics(hub.metricsPort); // resets the hub's event-loop delay histogram
     const loaded = await openLoopRun(shards, halfRate, CFG.loadedMs, hub.pid);
     const hubLag = await hubMetrics(hub.metricsPort);
@@ -386,7 +389,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.loadedLatencyP99Ms = round(percentile(loadedSorted, 99));
     figures.loadedCpuMsPerPayment = loaded.cpuMsPerPayment;
     log(
-      `at ${figures.loadedRate}/s (half the maximum): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}; ` +
+      `at ${figures.loadedRate}/s (${CFG.loadedRate === undefined ? "half the maximum" : "--loaded-rate"}): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}; ` +
         `CPU per payment hub ${loaded.cpuMsPerPayment.hubMs} ms, load generator ${loaded.cpuMsPerPayment.loadGeneratorMs} ms; ` +
         `event-loop delay p99: hub ${(hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000} ms, load generator ${loaded.eventLoopDelayP99Ms.toFixed(1)} ms`,
     );
