@@ -85,6 +85,8 @@ const CFG = {
   scaleSample: QUICK ? 20 : 200,
   restarts: QUICK ? 2 : 3,
 };
+// Each thread pairs its own users: it needs at least one payer and one payee.
+if (CFG.threads * 2 > CFG.users) throw new Error(`--threads ${CFG.threads} needs at least ${CFG.threads * 2} users (--users ${CFG.users})`);
 const profileDir = option("--profile");
 const ONLY = option("--only");
 if (ONLY !== undefined && ONLY !== "latency" && ONLY !== "throughput") throw new Error(`--only takes latency or throughput, got ${ONLY}`);

@@ -271,8 +271,8 @@ export class ShardClient {
   #nextId = 0;
   #failed: Error | null = null;
 
-  constructor(cfg: ShardConfig, execArgv?: string[]) {
-    this.#worker = new Worker(new URL(import.meta.url), { workerData: cfg, ...(execArgv ? { execArgv } : {}) });
+  constructor(cfg: ShardConfig) {
+    this.#worker = new Worker(new URL(import.meta.url), { workerData: cfg });
     this.#worker.on("message", (r: Reply) => {
       const w = this.#waiting.get(r.id);
       if (!w) return;
