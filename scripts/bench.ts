@@ -165,6 +165,8 @@ interface ThroughputResult {
   hubCpu: number;
   loadCpu: number;
   seconds: number;
+  /** The hub's LevelDB level-0 files at the end of the measured windows. */
+  hubLevel0Files: number;
 }
 
 /** Sums the shards' counters (crypto counts, failures, rejects by code). */
@@ -231,6 +233,7 @@ async function throughputRun(shards: readonly ShardClient[], window: number, hub
     hubCpu: cpuHub,
     loadCpu: (cl.user + cl.system) / 1e6,
     seconds: (end - start) / 1000,
+    hubLevel0Files: m1["starling_store_level0_files"] ?? NaN,
   };
 }
 
@@ -242,14 +245,22 @@ interface OpenLoopResult {
   cpuMsPerPayment: { hubMs: number; loadGeneratorMs: number };
   /** The largest of the shards' event-loop delay p99, ms. */
   eventLoopDelayP99Ms: number;
+  hubEventLoopDelayP99Ms: number;
+  /** The hub's LevelDB level-0 files (its compaction backlog) before and after the run. */
+  hubLevel0Files: [number, number];
 }
 
 /** Payments started at `rate` per second in all (each shard its share, round robin over its pairs). */
-async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: number, hubPid: number): Promise<OpenLoopResult> {
+async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: number, hub: HubProcess): Promise<OpenLoopResult> {
+  // Scraping the hub's metrics also restarts its event-loop delay histogram: the one after the
+  // run covers the run.
+  const level0Before = (await hubMetrics(hub.metricsPort))["starling_store_level0_files"] ?? NaN;
+  const hubPid = hub.pid;
   const cpuHub0 = cpuSeconds(hubPid);
   const cpuLoad0 = process.cpuUsage();
   const runs = await Promise.all(shards.map((s) => s.call("openLoop", rate / shards.length, ms)));
   const cl = process.cpuUsage(cpuLoad0);
+  const hubAfter = await hubMetrics(hub.metricsPort);
   const latencies = runs.flatMap((r) => r.latencies);
   const cpuMsPerPayment = {
     hubMs: round(((cpuSeconds(hubPid) - cpuHub0) * 1000) / Math.max(1, latencies.length), 3),
@@ -261,6 +272,8 @@ async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: num
     started: runs.reduce((n, r) => n + r.started, 0),
     cpuMsPerPayment,
     eventLoopDelayP99Ms: Math.max(...runs.map((r) => r.eventLoopDelayP99Ms)),
+    hubEventLoopDelayP99Ms: (hubAfter["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000,
+    hubLevel0Files: [level0Before, hubAfter["starling_store_level0_files"] ?? NaN],
   };
 }
 
@@ -368,23 +381,22 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.hubStoreCommitsPerWrite = round(tp.hubCommits / Math.max(1, tp.hubWrites), 1);
     figures.hubStoreBytesPerPayment = Math.round(tp.hubWriteBytes / Math.max(1, tp.completed));
     figures.hubStoreWriteMs = round((tp.hubWriteSeconds * 1000) / Math.max(1, tp.hubWrites), 2);
+    figures.hubLevel0FilesAfterThroughput = tp.hubLevel0Files;
     const soFar = await shardCounters(shards);
     log(
       `throughput: ${figures.paymentsPerSecond}/s over ${round(tp.seconds, 1)} s (windows ${tp.rates.map((r) => r.toFixed(0)).join(", ")}; median ${figures.paymentsPerSecondMedianWindow}), ${tp.failed} failed; ` +
         `latency under it p50 ${tpLatency.p50} ms p99 ${tpLatency.p99} ms; ` +
         `CPU per payment hub ${cpu.hubMs} ms, load generator ${cpu.loadGeneratorMs} ms ` +
-        `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites} (${figures.hubStoreWriteMs} ms each, ${figures.hubStoreBytesPerPayment} B per payment), completed ${tp.completed}; ` +
+        `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites} (${figures.hubStoreWriteMs} ms each, ${figures.hubStoreBytesPerPayment} B per payment; ${tp.hubLevel0Files} level-0 files at the end), completed ${tp.completed}; ` +
         `so far: ${soFar.disconnects} disconnects, ${soFar.sendFailures} failed sends, ${rejectCount(soFar)} rejects`,
     );
 
     // ---- loaded latency at half the maximum
     // --loaded-rate fixes the rate (to compare builds at the same load); by default half the maximum.
     const halfRate = CFG.loadedRate ?? rate / 2;
-    await hubMetrics(hub.metricsPort); // resets the hub's event-loop delay histogram
-    const loaded = await openLoopRun(shards, halfRate, CFG.loadedMs, hub.pid);
-    const hubLag = await hubMetrics(hub.metricsPort);
+    const loaded = await openLoopRun(shards, halfRate, CFG.loadedMs, hub);
     figures.loadedEventLoopDelayP99Ms = {
-      hub: round((hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000),
+      hub: round(loaded.hubEventLoopDelayP99Ms),
       loadGenerator: round(loaded.eventLoopDelayP99Ms),
     };
     const loadedSorted = sortNum(loaded.latencies);
@@ -392,22 +404,34 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.loadedLatencyP50Ms = round(percentile(loadedSorted, 50));
     figures.loadedLatencyP99Ms = round(percentile(loadedSorted, 99));
     figures.loadedCpuMsPerPayment = loaded.cpuMsPerPayment;
+    figures.loadedHubLevel0Files = loaded.hubLevel0Files;
     log(
       `at ${figures.loadedRate}/s (${CFG.loadedRate === undefined ? "half the maximum" : "--loaded-rate"}): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}; ` +
         `CPU per payment hub ${loaded.cpuMsPerPayment.hubMs} ms, load generator ${loaded.cpuMsPerPayment.loadGeneratorMs} ms; ` +
-        `event-loop delay p99: hub ${(hubLag["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000} ms, load generator ${loaded.eventLoopDelayP99Ms.toFixed(1)} ms`,
+        `event-loop delay p99: hub ${loaded.hubEventLoopDelayP99Ms.toFixed(1)} ms, load generator ${loaded.eventLoopDelayP99Ms.toFixed(1)} ms; hub level-0 files ${loaded.hubLevel0Files.join(" -> ")}`,
     );
 
     // ---- the rate up to which latency stays within the half-load target (full run only: time)
     if (CFG.boundedMs > 0) {
-      const tried: { rate: number; p50Ms: number; p99Ms: number; failed: number; cpuMsPerPayment: OpenLoopResult["cpuMsPerPayment"] }[] = [];
+      const tried: { rate: number; p50Ms: number; p99Ms: number; failed: number; cpuMsPerPayment: OpenLoopResult["cpuMsPerPayment"]; hubEventLoopDelayP99Ms: number; hubLevel0Files: [number, number] }[] = [];
       let met: number | null = null;
       for (let r = halfRate / 2; r >= 10 && met === null; r /= 2) {
-        const run = await openLoopRun(shards, r, CFG.boundedMs, hub.pid);
+        const run = await openLoopRun(shards, r, CFG.boundedMs, hub);
         const sorted = sortNum(run.latencies);
-        const row = { rate: round(r, 0), p50Ms: round(percentile(sorted, 50)), p99Ms: round(percentile(sorted, 99)), failed: run.failed, cpuMsPerPayment: run.cpuMsPerPayment };
+        const row = {
+          rate: round(r, 0),
+          p50Ms: round(percentile(sorted, 50)),
+          p99Ms: round(percentile(sorted, 99)),
+          failed: run.failed,
+          cpuMsPerPayment: run.cpuMsPerPayment,
+          hubEventLoopDelayP99Ms: round(run.hubEventLoopDelayP99Ms),
+          hubLevel0Files: run.hubLevel0Files,
+        };
         tried.push(row);
-        log(`at ${row.rate}/s: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${run.failed} failed of ${run.started}; CPU per payment hub ${row.cpuMsPerPayment.hubMs} ms, load generator ${row.cpuMsPerPayment.loadGeneratorMs} ms`);
+        log(
+          `at ${row.rate}/s: p50 ${row.p50Ms} ms, p99 ${row.p99Ms} ms, ${run.failed} failed of ${run.started}; CPU per payment hub ${row.cpuMsPerPayment.hubMs} ms, load generator ${row.cpuMsPerPayment.loadGeneratorMs} ms; ` +
+            `hub event-loop delay p99 ${row.hubEventLoopDelayP99Ms} ms, level-0 files ${row.hubLevel0Files.join(" -> ")}`,
+        );
         if (row.p99Ms <= LOADED_P99_TARGET_MS && run.failed === 0) met = row.rate;
       }
       figures.latencyBoundedRate = { p99TargetMs: LOADED_P99_TARGET_MS, rate: met, tried };

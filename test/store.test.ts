@@ -625,6 +625,21 @@ describe("LevelStore specifics", () => {
     }
   });
 
+  it("reports its level-0 file count while open (the compaction backlog the daemon exports)", async () => {
+    const store = new LevelStore(dir);
+    expect(store.level0Files()).to.equal(null);
+    await store.open();
+    expect(store.level0Files()).to.equal(0);
+    // More than one 4 MiB write buffer: LevelDB flushes a table (to level 0, or lower down when
+    // nothing overlaps it), so the count stays a small whole number.
+    const value = "v".repeat(64 * 1024);
+    for (let i = 0; i < 80; i++) await store.commit({ meta: [{ key: `k${i}`, value }] });
+    const files = store.level0Files();
+    expect(Number.isInteger(files) && files! >= 0 && files! < 12, `level-0 files: ${files}`).to.equal(true);
+    await store.close();
+    expect(store.level0Files()).to.equal(null);
+  });
+
   it("writes with sync: true", async () => {
     const store: Store = new LevelStore(dir, { sync: true });
     await store.open();

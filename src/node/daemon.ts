@@ -88,6 +88,14 @@ async function startMetrics(port: number, node: StarlingNode): Promise<Server> {
       this.set(node.info().channels);
     },
   });
+  new Gauge({
+    name: "starling_store_level0_files",
+    help: "LevelDB files at level 0: its compaction backlog (writes slow down from 8 and stop at 12)",
+    registers: [registry],
+    collect() {
+      this.set(node.stats().level0Files);
+    },
+  });
   // Totals kept by the node, exported as counters.
   const totals: [string, string, (s: NodeStats) => number][] = [
     ["starling_signatures_total", "secp256k1 signatures made", (s) => s.signatures],

@@ -118,6 +118,8 @@ export interface NodeStats {
   /** Bytes of keys and values written, and milliseconds spent waiting for writes. */
   writeBytes: number;
   writeMs: number;
+  /** Files at LevelDB's level 0 now (compaction backlog; see LevelStore.level0Files). */
+  level0Files: number;
 }
 
 export class StarlingNode {
@@ -603,8 +605,9 @@ export class StarlingNode {
   }
 
   stats(): NodeStats {
-    const store = this.store instanceof LevelStore ? this.store.stats : { commits: 0, writes: 0, writeBytes: 0, writeMs: 0 };
-    return { ...this.cryptoCounts, ...store };
+    const level = this.store instanceof LevelStore ? this.store : null;
+    const store = level ? level.stats : { commits: 0, writes: 0, writeBytes: 0, writeMs: 0 };
+    return { ...this.cryptoCounts, ...store, level0Files: level?.level0Files() ?? 0 };
   }
 
   info() {

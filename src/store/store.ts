@@ -498,6 +498,15 @@ class LevelBackend implements Backend {
     return batch.write({ sync: this.sync });
   }
 
+  /** Files at LevelDB's level 0, or null while closed. */
+  level0Files(): number | null {
+    // `level` resolves to classic-level under Node, whose handle has getProperty; its own
+    // types (shared with the browser build) do not declare it.
+    const db = this.db as { getProperty?: (property: string) => string } | null;
+    if (!db?.getProperty) return null;
+    return Number(db.getProperty("leveldb.num-files-at-level0"));
+  }
+
   private handle(): Level<string, string> {
     if (!this.db) throw new StoreClosedError(`${this.description} is not open`);
     return this.db;
@@ -521,10 +530,22 @@ export interface LevelStoreOptions {
  */
 export class LevelStore extends KeyValueStore {
   readonly location: string;
+  readonly #level: LevelBackend;
 
   constructor(location: string, options: LevelStoreOptions = {}) {
-    super(new LevelBackend(location, options.sync ?? false));
+    const level = new LevelBackend(location, options.sync ?? false);
+    super(level);
+    this.#level = level;
     this.location = location;
+  }
+
+  /**
+   * Files at LevelDB's level 0: its compaction backlog. LevelDB slows every write down from 8
+   * and stops writes from 12 until compaction catches up, so a count that stays high means
+   * commits wait for compaction. Null while the store is closed.
+   */
+  level0Files(): number | null {
+    return this.#level.level0Files();
   }
 }
 
