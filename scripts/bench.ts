@@ -40,8 +40,8 @@ import { loadBackend, newCryptoCounts, type Secp256k1Backend } from "../src/sign
 import { measure as measureGas } from "./gas.js";
 import { cpuSeconds, dirBytes, hubMetrics, initHub, rssBytes, startHub, type HubProcess } from "./bench/hub.js";
 import { buildSyntheticHubStore } from "./bench/scale.js";
-import { epochMs, ShardClient, type ShardCounters } from "./bench/shard.js";
-import { openChannels, pool, waitForHubChannels } from "./bench/users.js";
+import { epochMs, ShardClient } from "./bench/shard.js";
+import { openChannels, pool, waitForHubChannels, type UserCounters } from "./bench/users.js";
 
 // ------------------------------------------------------------------ options
 
@@ -170,9 +170,9 @@ interface ThroughputResult {
 }
 
 /** Sums the shards' counters (crypto counts, failures, rejects by code). */
-async function shardCounters(shards: readonly ShardClient[]): Promise<ShardCounters> {
+async function shardCounters(shards: readonly ShardClient[]): Promise<UserCounters> {
   const all = await Promise.all(shards.map((s) => s.call("counters")));
-  const sum: ShardCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: {}, disconnects: 0 };
+  const sum: UserCounters = { crypto: newCryptoCounts(), sendFailures: 0, refused: 0, rejects: {}, disconnects: 0 };
   for (const c of all) {
     sum.crypto.signatures += c.crypto.signatures;
     sum.crypto.recoveries += c.crypto.recoveries;
@@ -277,7 +277,7 @@ async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: num
   };
 }
 
-const rejectCount = (c: ShardCounters): number => Object.values(c.rejects).reduce((n, k) => n + k, 0);
+const rejectCount = (c: UserCounters): number => Object.values(c.rejects).reduce((n, k) => n + k, 0);
 
 /** Throughput, latency and crypto: the hub daemon and the load generator's users on `devnet`. */
 async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1Backend): Promise<void> {

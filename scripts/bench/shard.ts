@@ -10,7 +10,7 @@
  */
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
-import { loadBackend, newCryptoCounts, type CryptoCounts } from "../../src/signer/index.js";
+import { loadBackend, newCryptoCounts } from "../../src/signer/index.js";
 import type { ChannelData, Funding } from "../../src/protocol/channel.js";
 import type { Address, Hex } from "../../src/protocol/types.js";
 import { LevelStore } from "../../src/store/index.js";
@@ -58,8 +58,6 @@ export interface SettleSample {
   wrong: number;
   stillPending: boolean;
 }
-
-export type ShardCounters = Omit<UserCounters, "crypto"> & { crypto: CryptoCounts };
 
 /** The users of one shard and what the benchmark does with them. */
 export class UserShard {
@@ -203,7 +201,7 @@ export class UserShard {
     return { latencies: lat, failed, started: issued, eventLoopDelayP99Ms: delay.percentile(99) / 1e6 };
   }
 
-  counters(): ShardCounters {
+  counters(): UserCounters {
     return structuredClone(this.#counters);
   }
 
