@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import { randomBytes } from "node:crypto";
 import { LocalNetwork, openLocalChannel, type Wire } from "../src/engine/local-network.js";
-import { IN_A_BUNDLE, MAX_BUNDLE_MESSAGES, NodeCore, bundleByPeer, type Envelope } from "../src/engine/node-core.js";
+import { IN_A_BUNDLE, MAX_BUNDLE_MESSAGES, NodeCore, bundleByPeer, tickSliceOf, type Envelope } from "../src/engine/node-core.js";
 import { capacity, sameState, share, type ChannelData, type ChannelMessage } from "../src/protocol/channel.js";
 import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
 import { TransferLedger, lockKey, newTransferState, signSecretRequest, type LockedTransfer, type SecretRequest, type SecretReveal } from "../src/protocol/transfer.js";
@@ -1019,5 +1019,70 @@ describe("multi-hop and load", function () {
     expectIdle(hub, ...users);
     // Crossing proposals are expected and resolved; nothing else may be refused.
     expect(w.net.rejected.filter((r) => r.error.code !== "CONFLICT")).to.deep.equal([]);
+  });
+});
+
+describe("tick slices: the once-a-second tick in shorter steps", function () {
+  it("covers each channel in exactly one slice and sends what one whole tick sends", () => {
+    const build = () => {
+      const w = new World();
+      const hub = w.node();
+      const users = Array.from({ length: 12 }, () => w.node());
+      const ids = users.map((u) => w.open(hub, u));
+      // The hub pays each user (its proposals); once countersigned each channel is idle with
+      // its previous state not yet revoked by the hub.
+      for (const u of users) expect(w.net.submit(hub.address, { type: "issue", paymentId: rand32(), target: u.address, amount: 1n }).ok).to.equal(true);
+      w.net.run();
+      w.net.advance(1n);
+      return { w, hub, ids };
+    };
+    const revoked = (sends: readonly { envelope: Envelope }[]): Hex[] =>
+      sends.flatMap((s) => (s.envelope.kind === "channel" && s.envelope.message.type === "Revoke" ? [s.envelope.message.channelId] : []));
+
+    const whole = build();
+    const all = revoked(whole.w.net.submit(whole.hub.address, { type: "tick" }).send);
+    expect([...all].sort()).to.deep.equal([...whole.ids].sort());
+
+    const sliced = build();
+    const of = 4;
+    const seen: Hex[] = [];
+    for (let index = 0; index < of; index++) {
+      const r = sliced.w.net.submit(sliced.hub.address, { type: "tick", slice: { index, of } });
+      expect(r.ok).to.equal(true);
+      const these = revoked(r.send);
+      for (const id of these) expect(tickSliceOf(id, of)).to.equal(index);
+      seen.push(...these);
+    }
+    expect([...seen].sort(), "each channel revoked once over the slices").to.deep.equal([...sliced.ids].sort());
+    expect(revoked(sliced.w.net.submit(sliced.hub.address, { type: "tick" }).send), "nothing left for a whole tick").to.deep.equal([]);
+  });
+
+  it("expires an unanswered lock from slice 0 only", () => {
+    const w = new World();
+    const [a, hub, b] = [w.node(), w.node(), w.node()];
+    w.open(a, hub);
+    w.open(hub, b);
+    // B never answers: the hub's lock towards B stays until it expires.
+    w.net.dropIf = (wire) => wire.from === b.address || wire.to === b.address;
+    expect(w.pay(a, b, 5n).ok).to.equal(true);
+    w.net.run();
+    const payment = () => [...(w.net.events.get(a.address) ?? [])].filter((e) => e.type === "paymentFailed");
+    w.net.advance(48n * 3600n);
+    for (let index = 1; index < 4; index++) w.net.submit(a.address, { type: "tick", slice: { index, of: 4 } });
+    w.net.run();
+    expect(payment(), "no transfer timers outside slice 0").to.deep.equal([]);
+    w.net.submit(a.address, { type: "tick", slice: { index: 0, of: 4 } });
+    w.net.run();
+    expect(payment().length).to.equal(1);
+  });
+
+  it("refuses a slice that is not an index into a whole number of slices", () => {
+    const w = new World();
+    const hub = w.node();
+    for (const slice of [{ index: 4, of: 4 }, { index: -1, of: 4 }, { index: 0, of: 0 }, { index: 0.5, of: 2 }]) {
+      const r = w.net.submit(hub.address, { type: "tick", slice });
+      expect(r.ok, JSON.stringify(slice)).to.equal(false);
+      expect(r.error?.code).to.equal("BAD_INPUT");
+    }
   });
 });

@@ -113,6 +113,17 @@ export function bundleByPeer(send: readonly Outbound[]): { to: Address; envelope
 
 // ------------------------------------------------------------------ inputs and outputs
 
+/** One of `of` shares of a node's channels: those whose id falls in share `index`. */
+export interface TickSlice {
+  index: number;
+  of: number;
+}
+
+/** Which tick slice a channel belongs to: a stable share by the channel id's last bytes. */
+export function tickSliceOf(channelId: Hex, of: number): number {
+  return Number.parseInt(channelId.slice(-6), 16) % of;
+}
+
 export type NodeInput =
   /** Without `channelId`, the channel towards `target` (for a user: its only channel). */
   /** With `secret` (the payer's, revealed when the target asks) or an invoice's `secretHash`. */
@@ -122,8 +133,13 @@ export type NodeInput =
   | { type: "issue"; paymentId: Hex; target: Address; amount: bigint; channelId?: Hex }
   /** A message from the authenticated peer `from`. */
   | { type: "deliver"; from: Address; envelope: WireEnvelope }
-  /** Time passed: expire locks, register secrets, retry what is unanswered. */
-  | { type: "tick" }
+  /**
+   * Time passed: expire locks, register secrets, retry what is unanswered, revoke idle channels.
+   * With `slice`, only the channels of that slice (a fixed share of the channels by id; slice 0
+   * also runs the transfers' timers): a node ticking slices 0 .. of-1 in turn covers everything
+   * once per round, in steps `of` times shorter.
+   */
+  | { type: "tick"; slice?: TickSlice }
   /** Propose the payer's settles held back for batching (after a step reported `settlesHeld`). */
   | { type: "flushSettles" }
   /** A secret revealed in the chain's SecretRegistry, at chain time `revealedAt`. */
@@ -416,9 +432,14 @@ export class NodeCore {
       }
       case "deliver":
         return this.#deliver(step, input.from, input.envelope);
-      case "tick":
-        this.#tick(step);
+      case "tick": {
+        const slice = input.slice;
+        if (slice && !(Number.isInteger(slice.of) && slice.of >= 1 && Number.isInteger(slice.index) && slice.index >= 0 && slice.index < slice.of)) {
+          return engineError("BAD_INPUT", "a tick slice is an index in 0 .. of-1 of a whole number of slices");
+        }
+        this.#tick(step, slice);
         return null;
+      }
       case "flushSettles":
         return this.#transfer(step, { type: "flushSettles" }, true);
       case "secretRevealed":
@@ -610,9 +631,10 @@ export class NodeCore {
 
   // ---------------------------------------------------------------- time
 
-  #tick(step: Step): void {
+  #tick(step: Step, slice: TickSlice | undefined): void {
     const retry = this.#transferPolicy.retrySeconds;
     for (const [id, before] of this.#channels) {
+      if (slice && tickSliceOf(id, slice.of) !== slice.index) continue;
       // The channel's own tick only expires withdrawals and re-sends a close request; skipped
       // when there are none (it would change nothing), which is most channels of a hub.
       if (before.withdraws.length > 0 || before.closeTerms !== null) {
@@ -640,7 +662,7 @@ export class NodeCore {
         if (rerr) step.rejected.push({ during: "revoke", error: rerr });
       }
     }
-    this.#transfer(step, { type: "tick" });
+    if (!slice || slice.index === 0) this.#transfer(step, { type: "tick" });
   }
 
   // ---------------------------------------------------------------- routing
