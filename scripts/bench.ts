@@ -10,8 +10,8 @@
  *            --loaded-rate N (open-loop rate of the loaded-latency run instead of half the maximum)
  *            --no-invoices (payers make the secrets: a SecretRequest/SecretReveal round per payment)
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
- *            --latency-samples N (one-at-a-time payments measured, default 300 quick / 1,000 full,
- *            after 600 / 1,500 unmeasured ones)  --skip-payments  --skip-scale  --skip-gas
+ *            --latency-samples N (one-at-a-time payments measured, default 250 quick / 1,000 full,
+ *            after 400 / 1,500 unmeasured ones)  --skip-payments  --skip-scale  --skip-gas
  *            --only latency|throughput (of the payments, only that part: to profile one path)
  *
  * What is measured (docs/performance.md explains each figure and how to reproduce it):
@@ -69,9 +69,9 @@ const CFG = {
   window: num("--window", QUICK ? 16 : 8),
   /** Payees hand out invoices (the payer then needs no SecretRequest/SecretReveal round). */
   invoices: !flag("--no-invoices"),
-  latencySamples: num("--latency-samples", QUICK ? 300 : 1000),
+  latencySamples: num("--latency-samples", QUICK ? 250 : 1000),
   /** One-at-a-time payments made first and not measured: until V8 has optimised the unbatched path. */
-  latencyWarmup: QUICK ? 600 : 1500,
+  latencyWarmup: QUICK ? 400 : 1500,
   // Quick: long enough for the load-generator threads that did not take part in the latency run
   // to be optimised by V8 (with 1.5 s the first of three windows ran 20-25% below the others).
   warmupMs: QUICK ? 3000 : 5000,
