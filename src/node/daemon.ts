@@ -93,7 +93,7 @@ async function startMetrics(port: number, node: StarlingNode): Promise<Server> {
     help: "LevelDB files at level 0: its compaction backlog (writes slow down from 8 and stop at 12)",
     registers: [registry],
     collect() {
-      this.set(node.stats().level0Files);
+      this.set(node.storeLevel0Files());
     },
   });
   // Totals kept by the node, exported as counters.

@@ -120,8 +120,6 @@ export interface NodeStats {
   /** Bytes of keys and values written, and milliseconds spent waiting for writes. */
   writeBytes: number;
   writeMs: number;
-  /** Files at LevelDB's level 0 now (compaction backlog; see LevelStore.level0Files). */
-  level0Files: number;
 }
 
 export class StarlingNode {
@@ -615,9 +613,13 @@ export class StarlingNode {
   }
 
   stats(): NodeStats {
-    const level = this.store instanceof LevelStore ? this.store : null;
-    const store = level ? level.stats : { commits: 0, writes: 0, writeBytes: 0, writeMs: 0 };
-    return { ...this.cryptoCounts, ...store, level0Files: level?.level0Files() ?? 0 };
+    const store = this.store instanceof LevelStore ? this.store.stats : { commits: 0, writes: 0, writeBytes: 0, writeMs: 0 };
+    return { ...this.cryptoCounts, ...store };
+  }
+
+  /** Files at LevelDB's level 0 now: its compaction backlog (see LevelStore.level0Files); 0 without LevelDB. */
+  storeLevel0Files(): number {
+    return this.store instanceof LevelStore ? (this.store.level0Files() ?? 0) : 0;
   }
 
   info() {
