@@ -58,7 +58,14 @@ export class DecodeError extends Error {
 /** Encodes `value` to JSON text; throws {@link EncodeError} on anything but plain data. */
 export function encode(value: unknown): string {
   if (value === undefined) throw new EncodeError("undefined");
-  return encodeValue(value, []);
+  const text = encodeValue(value, []);
+  // Built by concatenation, the text is a tree of pieces in V8 until something flattens it. A
+  // record waits in a commit group while other work runs, and each young-generation collection
+  // then copies every piece; LevelDB's binding later walks them one by one. charCodeAt flattens
+  // it into one string now: encoding and handing a group of 12,000 1-KB records to LevelDB took
+  // 7.5 instead of 22 microseconds each.
+  text.charCodeAt(0);
+  return text;
 }
 
 /** Decodes text produced by {@link encode}; throws {@link DecodeError} if it isn't such text. */
