@@ -452,8 +452,12 @@ export class TransferLedger {
   #write(map: Map<string, unknown>, table: TransferTable, key: string, has: boolean, value: unknown): void {
     if (table === "sent" || table === "received") {
       const old = map.get(key) as { secretHash: string } | undefined;
-      if (old) this.#index(table, key, old.secretHash, false);
-      if (has) this.#index(table, key, (value as { secretHash: string }).secretHash, true);
+      const hash = has ? (value as { secretHash: string }).secretHash : undefined;
+      // A lock changing stage keeps its secret hash: its index entry stays as it is.
+      if (old?.secretHash !== hash) {
+        if (old) this.#index(table, key, old.secretHash, false);
+        if (hash !== undefined) this.#index(table, key, hash, true);
+      }
     }
     if (has) map.set(key, value);
     else map.delete(key);
