@@ -154,6 +154,8 @@ function signerRates(backend: Secp256k1Backend, ms: number): { sign: number; rec
 
 interface ThroughputResult {
   rates: number[];
+  /** Payments completed in each second of the measured time. */
+  perSecond: number[];
   completed: number;
   failed: number;
   latencies: number[];
@@ -211,17 +213,21 @@ async function throughputRun(shards: readonly ShardClient[], window: number, hub
     return (n / (b - from)) * 1000;
   });
   const latencies: number[] = [];
+  // Whole seconds; the last one takes the few milliseconds the timers overran by.
+  const perSecond = new Array<number>(Math.max(1, Math.round((end - start) / 1000))).fill(0);
   let completed = 0;
   for (const s of samples) {
     s.doneAt.forEach((t, i) => {
       if (t <= start || t > end) return;
       completed++;
+      perSecond[Math.min(perSecond.length - 1, Math.floor((t - start) / 1000))]!++;
       latencies.push(s.latencyMs[i]!);
     });
   }
   const d = (k: string) => (m1[k] ?? 0) - (m0[k] ?? 0);
   return {
     rates,
+    perSecond,
     completed,
     failed: samples.reduce((n, s) => n + s.failed, 0),
     latencies,
@@ -365,6 +371,8 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.paymentsPerSecond = round(rate, 0);
     figures.paymentsPerSecondWindows = tp.rates.map((r) => round(r, 0));
     figures.paymentsPerSecondMedianWindow = round(median(tp.rates), 0);
+    // The closed loop runs in waves (docs/performance.md, Eighth round): completions per second show them.
+    figures.paymentsEachSecond = tp.perSecond;
     const tpLat = sortNum(tp.latencies);
     const tpLatency = { p50: round(percentile(tpLat, 50)), p99: round(percentile(tpLat, 99)) };
     figures.throughputLatencyMs = tpLatency;
@@ -385,7 +393,8 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.hubLevel0FilesAfterThroughput = tp.hubLevel0Files;
     const soFar = await shardCounters(shards);
     log(
-      `throughput: ${figures.paymentsPerSecond}/s over ${round(tp.seconds, 1)} s (windows ${tp.rates.map((r) => r.toFixed(0)).join(", ")}; median ${figures.paymentsPerSecondMedianWindow}), ${tp.failed} failed; ` +
+      `throughput: ${figures.paymentsPerSecond}/s over ${round(tp.seconds, 1)} s (windows ${tp.rates.map((r) => r.toFixed(0)).join(", ")}; median ${figures.paymentsPerSecondMedianWindow}; ` +
+        `each second ${Math.min(...tp.perSecond)} to ${Math.max(...tp.perSecond)}), ${tp.failed} failed; ` +
         `latency under it p50 ${tpLatency.p50} ms p99 ${tpLatency.p99} ms; ` +
         `CPU per payment hub ${cpu.hubMs} ms, load generator ${cpu.loadGeneratorMs} ms ` +
         `(utilisation ${util.hub} / ${util.loadGenerator} cores); hub commits ${tp.hubCommits}, writes ${tp.hubWrites} (${figures.hubStoreWriteMs} ms each, ${figures.hubStoreBytesPerPayment} B per payment; ${tp.hubLevel0Files} level-0 files at the end), completed ${tp.completed}; ` +
