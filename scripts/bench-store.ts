@@ -2,7 +2,8 @@
  * Store throughput: commits/s for 10,000 single-channel commits (one channel record replaced and
  * one outbox message added, as a protocol transition does), awaited one at a time vs 100 in
  * flight, with sync false and true; the main-thread time LevelDB's two batch forms take per
- * operation (an array of operations vs a chained batch); plus codec encode/decode rates. Not a test.
+ * operation (an array of operations vs a chained batch); a commit group's encode and hand-over per
+ * record; plus codec encode/decode rates. Not a test.
  * Usage: npx tsx scripts/bench-store.ts
  */
 import fs from "node:fs";
@@ -125,6 +126,36 @@ const chainedMicros = await batchPrepMicros("chained");
 console.log(
   `LevelDB batch, main-thread time per operation: array ${arrayMicros.toFixed(1)} us, chained ${chainedMicros.toFixed(1)} us (${(arrayMicros / chainedMicros).toFixed(1)}x; the store uses the chained form)`,
 );
+
+/**
+ * Main-thread microseconds per record to encode a group of 12,000 ~1-KB records, keep them until
+ * the group is written (as a commit group does) and hand them to one chained batch: the codec's
+ * output is flattened as it is made, or every scavenge meanwhile and the binding's copy walk its
+ * pieces (~19 µs per record against ~8.5 flattened, docs/performance.md, Eighth round). Median of 7 groups.
+ */
+async function groupMicros(): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "starling-bench-"));
+  const db = new Level<string, string>(dir, { keyEncoding: "utf8", valueEncoding: "utf8" });
+  await db.open();
+  try {
+    const records = Array.from({ length: 12_000 }, (_, i) => ({ ...(channelRecord(i, BigInt(i)) as object), note: `r${i}`.repeat(20) }));
+    const reps: number[] = [];
+    for (let rep = 0; rep < 7; rep++) {
+      const start = performance.now();
+      const values = records.map((r) => encode(r));
+      const chained = db.batch();
+      for (let i = 0; i < values.length; i++) chained.put(`c!${rep}-${i}`, values[i]!);
+      reps.push(((performance.now() - start) * 1000) / values.length);
+      await chained.write({ sync: false });
+    }
+    return reps.sort((a, b) => a - b)[3]!;
+  } finally {
+    await db.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+console.log(`encode + hand-over of a 12,000-record group, main thread per record: ${(await groupMicros()).toFixed(1)} us`);
 
 const record = channelRecord(1, 123_456n);
 const text = encode(record);
