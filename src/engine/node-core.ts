@@ -251,6 +251,8 @@ export class NodeCore {
   readonly #transferPolicy: TransferPolicy;
   readonly #maxHops: number;
   readonly #channels = new Map<Hex, ChannelData>();
+  /** The channel ids of each tick slice, for the slice count last ticked with (channels are only ever added). */
+  #tickSlices: { of: number; ids: Hex[][] } | null = null;
   /** Partner address -> channel id. */
   readonly #byPartner = new Map<Address, Hex>();
   readonly #routes = new Map<Address, Hex>();
@@ -290,6 +292,7 @@ export class NodeCore {
     const me = c.config.me === 1 ? c.config.participant1 : c.config.participant2;
     if (normalizeAddress(me) !== this.address) throw new Error(`addChannel: this node is not side ${c.config.me} of ${c.config.channelId}`);
     const id = lower(c.config.channelId);
+    if (!this.#channels.has(id)) this.#tickSlices?.ids[tickSliceOf(id, this.#tickSlices.of)]!.push(id);
     this.#channels.set(id, c);
     this.#byPartner.set(normalizeAddress(partnerOf(c)), id);
   }
@@ -633,8 +636,8 @@ export class NodeCore {
 
   #tick(step: Step, slice: TickSlice | undefined): void {
     const retry = this.#transferPolicy.retrySeconds;
-    for (const [id, before] of this.#channels) {
-      if (slice && tickSliceOf(id, slice.of) !== slice.index) continue;
+    for (const id of slice ? this.#sliceIds(slice.of)[slice.index]! : this.#channels.keys()) {
+      const before = this.#channels.get(id)!;
       // The channel's own tick only expires withdrawals and re-sends a close request; skipped
       // when there are none (it would change nothing), which is most channels of a hub.
       if (before.withdraws.length > 0 || before.closeTerms !== null) {
@@ -663,6 +666,16 @@ export class NodeCore {
       }
     }
     if (!slice || slice.index === 0) this.#transfer(step, { type: "tick" });
+  }
+
+  /** The channel ids of each of `of` tick slices, worked out once rather than on every tick. */
+  #sliceIds(of: number): Hex[][] {
+    if (this.#tickSlices?.of !== of) {
+      const ids: Hex[][] = Array.from({ length: of }, () => []);
+      for (const id of this.#channels.keys()) ids[tickSliceOf(id, of)]!.push(id);
+      this.#tickSlices = { of, ids };
+    }
+    return this.#tickSlices.ids;
   }
 
   // ---------------------------------------------------------------- routing
