@@ -28,7 +28,7 @@ import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
 import type { Address, Domain, Hex } from "../src/protocol/types.js";
 import { StepRunner } from "../src/node/steps.js";
 import { countingSigner, countingVerifier, loadBackend, newCryptoCounts, type CryptoCounts } from "../src/signer/index.js";
-import { decode, encode } from "../src/store/codec.js";
+import { decodeBytes } from "../src/store/codec.js";
 import { LevelStore, MemoryStore, type Store } from "../src/store/store.js";
 
 const PAYMENTS = Number(process.argv[2] ?? 2000);
@@ -111,10 +111,10 @@ async function stepsLayer(kind: "memory" | "level"): Promise<Layer> {
         dispatch: (r, wire) => {
           for (const w of wire) {
             // As over the wire: the bytes a transport would carry, then the receiver's ack.
-            const bytes = encode(w.envelope);
+            const bytes = w.encoded.bytes;
             setImmediate(() => {
               if (closing) return;
-              runners.get(w.to)!.step({ type: "deliver", from: core.address, envelope: decode(bytes) as WireEnvelope }).catch(() => undefined);
+              runners.get(w.to)!.step({ type: "deliver", from: core.address, envelope: decodeBytes(bytes) as WireEnvelope }).catch(() => undefined);
               store.ackLater(w.to, w.seq);
             });
           }

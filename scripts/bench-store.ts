@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { Level } from "level";
-import { decode, encode } from "../src/store/codec.js";
+import { decode, decodeBytes, encode, encodeBytes } from "../src/store/codec.js";
 import { LevelStore } from "../src/store/store.js";
 
 const COMMITS = 10_000;
@@ -87,7 +87,7 @@ for (const sync of [false, true]) {
  */
 async function batchPrepMicros(form: "array" | "chained"): Promise<number> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "starling-bench-"));
-  const db = new Level<string, string>(dir, { keyEncoding: "utf8", valueEncoding: "utf8" });
+  const db = new Level<string, Uint8Array>(dir, { keyEncoding: "utf8", valueEncoding: "view" });
   await db.open();
   try {
     const reps: number[] = [];
@@ -98,7 +98,7 @@ async function batchPrepMicros(form: "array" | "chained"): Promise<number> {
         const batch = Array.from({ length: 200 }, (_, i) => ({
           type: "put" as const,
           key: `m!transfer!r${rep}-${b}-${i}-${HASH}`,
-          value: encode({ ...(channelRecord(i, BigInt(b)) as object), pad: "x".repeat(i % 3 === 0 ? 2000 : 500) }),
+          value: encodeBytes({ ...(channelRecord(i, BigInt(b)) as object), pad: "x".repeat(i % 3 === 0 ? 2000 : 500) }),
         }));
         const start = performance.now();
         let written: Promise<void>;
@@ -129,20 +129,20 @@ console.log(
 
 /**
  * Main-thread microseconds per record to encode a group of 12,000 ~1-KB records, keep them until
- * the group is written (as a commit group does) and hand them to one chained batch: the codec's
- * output is flattened as it is made, or every scavenge meanwhile and the binding's copy walk its
- * pieces (~19 µs per record against ~8.5 flattened, docs/performance.md, Eighth round). Median of 7 groups.
+ * the group is written (as a commit group does) and hand them to one chained batch: as the codec's
+ * UTF-8 bytes (the store's way), or as the same JSON text in a string, which LevelDB's binding
+ * converts to UTF-8 as each one is added. Median of 7 groups.
  */
-async function groupMicros(): Promise<number> {
+async function groupMicros(form: "bytes" | "text"): Promise<number> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "starling-bench-"));
-  const db = new Level<string, string>(dir, { keyEncoding: "utf8", valueEncoding: "utf8" });
+  const db = new Level<string, Uint8Array | string>(dir, { keyEncoding: "utf8", valueEncoding: form === "bytes" ? "view" : "utf8" });
   await db.open();
   try {
     const records = Array.from({ length: 12_000 }, (_, i) => ({ ...(channelRecord(i, BigInt(i)) as object), note: `r${i}`.repeat(20) }));
     const reps: number[] = [];
     for (let rep = 0; rep < 7; rep++) {
       const start = performance.now();
-      const values = records.map((r) => encode(r));
+      const values = records.map((r) => (form === "bytes" ? encodeBytes(r) : encode(r)));
       const chained = db.batch();
       for (let i = 0; i < values.length; i++) chained.put(`c!${rep}-${i}`, values[i]!);
       reps.push(((performance.now() - start) * 1000) / values.length);
@@ -155,11 +155,14 @@ async function groupMicros(): Promise<number> {
   }
 }
 
-console.log(`encode + hand-over of a 12,000-record group, main thread per record: ${(await groupMicros()).toFixed(1)} us`);
+console.log(
+  `encode + hand-over of a 12,000-record group, main thread per record: bytes ${(await groupMicros("bytes")).toFixed(1)} us, text ${(await groupMicros("text")).toFixed(1)} us (the store hands over bytes)`,
+);
 
 const record = channelRecord(1, 123_456n);
+const bytes = encodeBytes(record);
 const text = encode(record);
 const bigintToString = (_: string, v: unknown): unknown => (typeof v === "bigint" ? v.toString() : v);
-console.log(`codec, ${text.length}-byte channel record:`);
-console.log(`  encode ${fmt(codecRate(() => encode(record)))}/s   (JSON.stringify with a bigint replacer: ${fmt(codecRate(() => JSON.stringify(record, bigintToString)))}/s)`);
-console.log(`  decode ${fmt(codecRate(() => decode(text)))}/s   (JSON.parse alone: ${fmt(codecRate(() => JSON.parse(text)))}/s)`);
+console.log(`codec, ${bytes.length}-byte channel record:`);
+console.log(`  encode ${fmt(codecRate(() => encodeBytes(record)))}/s   (JSON.stringify with a bigint replacer: ${fmt(codecRate(() => JSON.stringify(record, bigintToString)))}/s)`);
+console.log(`  decode ${fmt(codecRate(() => decodeBytes(bytes)))}/s   (JSON.parse alone: ${fmt(codecRate(() => JSON.parse(text)))}/s)`);

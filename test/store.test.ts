@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Level } from "level";
-import { DecodeError, EncodeError, decode, encode } from "../src/store/codec.js";
+import { DecodeError, EncodeError, Encoded, decode, decodeBytes, encode, encodeBytes } from "../src/store/codec.js";
 import { CorruptValueError, LAZY_ACK_MS, LevelStore, MemoryStore, StoreClosedError, type Store } from "../src/store/store.js";
 
 describe("store codec", () => {
@@ -47,6 +47,48 @@ describe("store codec", () => {
       }),
       { numRuns: 3000 },
     );
+  });
+
+  it("encodes to the UTF-8 bytes of the text; each result is its own copy, at any size", () => {
+    fc.assert(
+      fc.property(value, value, (x, y) => {
+        const bx = encodeBytes(x);
+        const copy = Uint8Array.from(bx);
+        const by = encodeBytes(y);
+        expect(Buffer.from(bx).equals(Buffer.from(copy)), "an earlier result changed").to.equal(true);
+        expect(Buffer.from(by).toString("utf8")).to.equal(encode(y));
+        expect(Buffer.from(bx).equals(Buffer.from(JSON.stringify(JSON.parse(Buffer.from(bx).toString("utf8"))), "utf8"))).to.equal(true);
+        expect(decodeBytes(bx)).to.deep.equal(x);
+      }),
+      { numRuns: 1000 },
+    );
+    // Larger than the encoder's buffer, with multi-byte characters at the growth boundary.
+    const big = { a: "0x" + "ab".repeat(70_000), b: "é€😀".repeat(30_000), n: 10n ** 40n };
+    const bytes = encodeBytes(big);
+    expect(decodeBytes(bytes)).to.deep.equal(big);
+    expect(bytes.length).to.equal(Buffer.byteLength(JSON.stringify({ ...big, n: `$${big.n}` }), "utf8"));
+  });
+
+  it("writes an Encoded value as the bytes of the value it was made from", () => {
+    fc.assert(
+      fc.property(value, (x) => {
+        const once = Encoded.of(x);
+        expect(encodeBytes(once)).to.equal(once.bytes);
+        expect(encode({ v: 1, body: once, list: [once] })).to.equal(encode({ v: 1, body: x, list: [x] }));
+      }),
+      { numRuns: 500 },
+    );
+    expect(() => Encoded.of({ f: () => 1 })).to.throw(EncodeError, /function at \$\.f/);
+  });
+
+  it("stays usable after a value it cannot encode, and refuses a getter that encodes", () => {
+    expect(() => encodeBytes({ a: "x".repeat(100), b: [1, () => 1] })).to.throw(EncodeError, /function at \$\.b\[1\]/);
+    expect(decodeBytes(encodeBytes({ a: 1n }))).to.deep.equal({ a: 1n });
+    const sneaky = {};
+    Object.defineProperty(sneaky, "x", { enumerable: true, get: () => encodeBytes(1) });
+    expect(() => encodeBytes(sneaky)).to.throw(EncodeError, /encodes another/);
+    expect(decodeBytes(encodeBytes([1, "two"]))).to.deep.equal([1, "two"]);
+    expect(() => decodeBytes(Uint8Array.of(0x22, 0xff, 0x22))).to.throw(DecodeError, /not UTF-8/);
   });
 
   it("keeps strings that look like encoded bigints as strings", () => {
@@ -133,12 +175,12 @@ function levelDisk(): Disk {
 }
 
 function memoryDisk(): Disk {
-  const data = new Map<string, string>();
+  const data = new Map<string, Uint8Array>();
   return {
     store: () => new MemoryStore(data),
     keys: () => Promise.resolve([...data.keys()].sort()),
     putRaw: (key, value) => {
-      data.set(key, value);
+      data.set(key, new TextEncoder().encode(value));
       return Promise.resolve();
     },
     dispose: () => data.clear(),

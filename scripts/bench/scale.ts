@@ -10,7 +10,7 @@ import { DEFAULT_POLICY, newChannel, transition, type ChannelData, type ChannelM
 import { bytesToHex, normalizeAddress, orderParticipants } from "../../src/protocol/eip712.js";
 import type { Address, Domain, Hex } from "../../src/protocol/types.js";
 import type { Secp256k1Backend, Signer } from "../../src/signer/index.js";
-import { encode, LevelStore } from "../../src/store/index.js";
+import { encodeBytes, LevelStore } from "../../src/store/index.js";
 
 const utf8 = new TextEncoder();
 const seed = (label: string): Uint8Array => keccak256(utf8.encode(label));
@@ -89,11 +89,11 @@ export async function buildSyntheticHubStore(opts: {
           [h, u] = update(h, u, hubDeps, userDeps, n);
           if (i < opts.sample && checkpoints.includes(n)) {
             const [idle] = revoke(h, u, hubDeps, userDeps);
-            growth.set(n, (growth.get(n) ?? 0) + encode(idle).length);
+            growth.set(n, (growth.get(n) ?? 0) + encodeBytes(idle).length);
           }
         }
         [h, u] = revoke(h, u, hubDeps, userDeps);
-        recordBytes += encode(h).length;
+        recordBytes += encodeBytes(h).length;
         records.push({ channelId, record: h });
       }
       await store.commit({ channels: records });

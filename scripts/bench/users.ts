@@ -196,7 +196,7 @@ export class BenchUser {
   #dispatch(r: StepResult, wire: readonly WireMessage[]): void {
     for (const w of wire) {
       const peer = `${this.address}>${w.to}`;
-      this.transport.send(w.to, w.envelope).then(
+      this.transport.send(w.to, w.encoded).then(
         () => this.#store.ackLater(peer, w.seq),
         () => {
           this.#counters.sendFailures++;

@@ -38,7 +38,7 @@ import {
   type Secp256k1Backend,
   type Signer,
 } from "../signer/index.js";
-import { LevelStore, type Batch, type Store } from "../store/index.js";
+import { LevelStore, type Batch, type Encoded, type Store } from "../store/index.js";
 import { createTransport, type P2PTransport } from "../p2p/index.js";
 import { TowerClient } from "../watcher/client.js";
 import { transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
@@ -358,7 +358,7 @@ export class StarlingNode {
   /** After a step's writes are durable (in step order): send, then act on what happened. */
   private dispatchStep(r: StepResult, wire: readonly WireMessage[]): void {
     for (const c of r.persist.channels) if (c.status !== "open") this.ending.add(c.config.channelId);
-    for (const w of wire) void this.sendOutbox(w.to, w.seq, w.envelope);
+    for (const w of wire) void this.sendOutbox(w.to, w.seq, w.encoded);
     this.tower?.handOff(r.persist.channels);
     for (const e of r.events) this.onEngineEvent(e);
     for (const a of r.chain) {
@@ -368,10 +368,11 @@ export class StarlingNode {
     if (r.persist.channels.length > 0) for (const c of r.persist.channels) this.events.emit("channelChanged", this.summary(c));
   }
 
-  private async sendOutbox(peer: Address, seq: bigint, envelope: WireEnvelope): Promise<void> {
+  /** `message`: the envelope, as stored (a step's) or as read back from the outbox. */
+  private async sendOutbox(peer: Address, seq: bigint, message: Encoded | WireEnvelope): Promise<void> {
     if (this.stopped) return;
     try {
-      await this.transport.send(peer, envelope);
+      await this.transport.send(peer, message);
       this.store.ackLater(peer, seq);
     } catch (err) {
       // Stays in the outbox; re-sent when the peer (re)connects.

@@ -18,7 +18,7 @@
 import { bundleByPeer, type NodeCore, type NodeInput, type StepResult, type WireEnvelope } from "../engine/node-core.js";
 import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
 import type { Address } from "../protocol/types.js";
-import type { Batch, Store } from "../store/index.js";
+import { Encoded, type Batch, type Store } from "../store/index.js";
 import { storedTransferEntry } from "./persist.js";
 
 /** Where a node's records live in the store. */
@@ -59,6 +59,8 @@ export const SETTLE_BATCH_MS = 20;
 export interface WireMessage {
   to: Address;
   envelope: WireEnvelope;
+  /** `envelope` as stored in the outbox: what to send (a frame writes these bytes again). */
+  encoded: Encoded;
   seq: bigint;
 }
 
@@ -161,7 +163,7 @@ export class StepRunner {
       }, this.#settleBatchMs);
       this.#settleTimer.unref();
     }
-    const wire = bundleByPeer(r.send);
+    const wire = bundleByPeer(r.send).map((w) => ({ ...w, encoded: Encoded.of(w.envelope) }));
     const batch = this.#batch(r, wire);
     const committed = batch === null ? Promise.resolve({ outboxSeqs: [] as bigint[] }) : this.#store.commit(batch);
     const previous = this.#dispatched;
@@ -174,10 +176,10 @@ export class StepRunner {
     return done;
   }
 
-  #batch(r: StepResult, wire: readonly { to: Address; envelope: WireEnvelope }[]): Batch | null {
+  #batch(r: StepResult, wire: readonly { to: Address; encoded: Encoded }[]): Batch | null {
     const batch: Batch = {};
     if (r.persist.channels.length > 0) batch.channels = r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c }));
-    if (wire.length > 0) batch.outboxAdd = wire.map((o) => ({ peer: this.#keys.outboxPeer(o.to), message: o.envelope }));
+    if (wire.length > 0) batch.outboxAdd = wire.map((o) => ({ peer: this.#keys.outboxPeer(o.to), message: o.encoded }));
     const { transfers, transferChanges } = r.persist;
     if (transfers && transferChanges) {
       // One record per changed entry: the step writes what it changed, not the whole state.

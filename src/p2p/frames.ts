@@ -2,7 +2,7 @@
  * Frames of the message protocol: unsigned-varint length prefix, then UTF-8 JSON (the bigint-safe codec of src/store/codec.ts)
  * of `{ v: 1, kind, id, ... }`.
  */
-import { decode, encode } from "../store/codec.js";
+import { decodeBytes, encodeBytes } from "../store/codec.js";
 
 export const FRAME_VERSION = 1;
 
@@ -31,16 +31,13 @@ export class FramingError extends Error {
   }
 }
 
-const utf8 = new TextEncoder();
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
-
 export function isMessageId(id: unknown): id is string {
   return typeof id === "string" && ID_PATTERN.test(id);
 }
 
 /** JSON bytes of `frame` without the length prefix; throws EncodeError on a bad body. */
 export function encodeFrame(frame: Frame): Uint8Array {
-  return utf8.encode(encode(frame));
+  return encodeBytes(frame);
 }
 
 /** `payload` preceded by its length as an unsigned varint, in one buffer. */
@@ -63,7 +60,7 @@ export function lengthPrefixed(payload: Uint8Array): Uint8Array {
 export function parseFrame(bytes: Uint8Array): Frame {
   let value: unknown;
   try {
-    value = decode(strictUtf8.decode(bytes));
+    value = decodeBytes(bytes);
   } catch (err) {
     throw new MalformedFrameError(err instanceof Error ? err.message : String(err));
   }

@@ -8,7 +8,7 @@
  * keeps the common case free and the stored JSON readable.
  *
  * Accepted: null, booleans, finite numbers, strings, bigints, arrays and plain objects (prototype
- * Object.prototype or null) of those. Object properties whose value is `undefined` are left out,
+ * Object.prototype or null) of those, and {@link Encoded} values. Object properties whose value is `undefined` are left out,
  * as JSON.stringify does, so optional fields work; -0 is stored as 0. Everything else throws an
  * {@link EncodeError} naming the path of the offending value: undefined in an array or at the
  * top, functions, symbols, NaN and ±Infinity, class instances (Date, Map, …), typed arrays and
@@ -55,17 +55,50 @@ export class DecodeError extends Error {
   }
 }
 
-/** Encodes `value` to JSON text; throws {@link EncodeError} on anything but plain data. */
-export function encode(value: unknown): string {
+/**
+ * Encodes `value` to the UTF-8 bytes of its JSON text; throws {@link EncodeError} on anything
+ * but plain data. This is the encoder: stored values and wire frames are these bytes.
+ *
+ * The text is written byte by byte into one reused buffer and copied out once. Built as a
+ * string by concatenation instead, a record was a tree of short-lived pieces that the young
+ * generation had to collect (about a third of a node's allocation under load), and LevelDB's
+ * binding and the wire's TextEncoder then converted it to UTF-8 again (scripts/bench-store.ts
+ * measures both ways).
+ */
+export function encodeBytes(value: unknown): Uint8Array {
   if (value === undefined) throw new EncodeError("undefined");
-  const text = encodeValue(value, []);
-  // Built by concatenation, the text is a tree of pieces in V8 until something flattens it. A
-  // record waits in a commit group while other work runs, and each young-generation collection
-  // then copies every piece; LevelDB's binding later walks them one by one. charCodeAt flattens
-  // it into one string now: encoding a group of 12,000 records and handing it to LevelDB takes
-  // ~8.5 instead of ~19 microseconds per record (scripts/bench-store.ts).
-  text.charCodeAt(0);
-  return text;
+  if (value instanceof Encoded) return value.bytes;
+  if (writing) throw new EncodeError("a value whose encoding encodes another (a getter?)");
+  writing = true;
+  at = 0;
+  try {
+    writeValue(value, []);
+    const bytes = Buffer.allocUnsafe(at);
+    out.copy(bytes, 0, 0, at);
+    return bytes;
+  } finally {
+    writing = false;
+    // One huge record should not pin a huge buffer.
+    if (out.length > MAX_KEPT_BUFFER) out = Buffer.allocUnsafe(INITIAL_BUFFER);
+  }
+}
+
+/**
+ * A value encoded once, written as those bytes wherever it is encoded again: a message is stored
+ * in the outbox and then sent inside a frame, and is encoded only for the first.
+ */
+export class Encoded {
+  private constructor(readonly bytes: Uint8Array) {}
+
+  /** Throws {@link EncodeError} as {@link encodeBytes} does. */
+  static of(value: unknown): Encoded {
+    return new Encoded(encodeBytes(value));
+  }
+}
+
+/** Encodes `value` to JSON text (the text of {@link encodeBytes}). */
+export function encode(value: unknown): string {
+  return strictUtf8.decode(encodeBytes(value));
 }
 
 /** Decodes text produced by {@link encode}; throws {@link DecodeError} if it isn't such text. */
@@ -79,67 +112,148 @@ export function decode(text: string): unknown {
   return revive(parsed);
 }
 
-// Strings of printable ASCII without quote or backslash (hex, addresses, names: nearly all that
-// is stored) need no escaping; others go through JSON.stringify.
-const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
-function encodeString(s: string): string {
-  const t = s.charCodeAt(0) === DOLLAR ? "$" + s : s;
-  return PLAIN.test(t) ? '"' + t + '"' : JSON.stringify(t);
+/** Decodes bytes produced by {@link encodeBytes}; throws {@link DecodeError} if they aren't such bytes. */
+export function decodeBytes(bytes: Uint8Array): unknown {
+  let text: string;
+  try {
+    text = strictUtf8.decode(bytes);
+  } catch {
+    throw new DecodeError("not UTF-8");
+  }
+  return decode(text);
 }
 
-// Object keys repeat from record to record: quote each once.
-const quotedKeys = new Map<string, string>();
-function quoteKey(key: string): string {
-  let q = quotedKeys.get(key);
-  if (q === undefined) {
-    q = JSON.stringify(key);
-    if (quotedKeys.size < 10_000) quotedKeys.set(key, q);
+const utf8 = new TextEncoder();
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+const INITIAL_BUFFER = 64 * 1024;
+const MAX_KEPT_BUFFER = 4 * 1024 * 1024;
+let out = Buffer.allocUnsafe(INITIAL_BUFFER);
+let at = 0;
+let writing = false;
+
+/** Makes room for `n` more bytes. */
+function reserve(n: number): void {
+  if (at + n <= out.length) return;
+  let size = out.length * 2;
+  while (size < at + n) size *= 2;
+  const bigger = Buffer.allocUnsafe(size);
+  out.copy(bigger, 0, 0, at);
+  out = bigger;
+}
+
+/** Writes `s`, known to be ASCII. */
+function writeAscii(s: string): void {
+  const n = s.length;
+  reserve(n);
+  const b = out;
+  let p = at;
+  for (let i = 0; i < n; i++) b[p++] = s.charCodeAt(i);
+  at = p;
+}
+
+/** Writes a short constant: one byte. */
+function writeByte(c: number): void {
+  reserve(1);
+  out[at++] = c;
+}
+
+// Strings of printable ASCII without quote or backslash (hex, addresses, names: nearly all that
+// is stored) are copied as they are; any other goes through JSON.stringify and UTF-8.
+function writeString(s: string): void {
+  const n = s.length;
+  const dollar = n > 0 && s.charCodeAt(0) === DOLLAR;
+  reserve(n + 3);
+  const b = out;
+  let p = at;
+  b[p++] = 0x22;
+  if (dollar) b[p++] = DOLLAR;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) {
+      writeEscaped(dollar ? "$" + s : s);
+      return;
+    }
+    b[p++] = c;
   }
-  return q;
+  b[p++] = 0x22;
+  at = p;
+}
+
+function writeEscaped(s: string): void {
+  const json = JSON.stringify(s);
+  reserve(json.length * 3);
+  at += utf8.encodeInto(json, out.subarray(at)).written;
+}
+
+// Object keys repeat from record to record: quote and encode each once (with its colon).
+const keyBytes = new Map<string, Uint8Array>();
+function writeKey(key: string): void {
+  let k = keyBytes.get(key);
+  if (k === undefined) {
+    k = utf8.encode(JSON.stringify(key) + ":");
+    if (keyBytes.size < 10_000) keyBytes.set(key, k);
+  }
+  const n = k.length;
+  reserve(n);
+  const b = out;
+  let p = at;
+  for (let i = 0; i < n; i++) b[p++] = k[i]!;
+  at = p;
+}
+
+function writeEncoded(bytes: Uint8Array): void {
+  reserve(bytes.length);
+  out.set(bytes, at);
+  at += bytes.length;
 }
 
 // `ancestors` holds the objects being encoded above this one, to report cycles instead of
 // overflowing the stack; records are shallow, so a linear scan is cheaper than a Set.
-function encodeValue(value: unknown, ancestors: object[]): string {
+function writeValue(value: unknown, ancestors: object[]): void {
   switch (typeof value) {
     case "string":
-      return encodeString(value);
+      return writeString(value);
     case "number":
       if (!Number.isFinite(value)) throw new EncodeError(String(value));
-      return String(value);
+      return writeAscii(String(value));
     case "boolean":
-      return value ? "true" : "false";
+      return writeAscii(value ? "true" : "false");
     case "bigint":
-      return `"$${value.toString()}"`;
+      writeByte(0x22);
+      writeByte(DOLLAR);
+      writeAscii(value.toString());
+      return writeByte(0x22);
     case "object":
-      if (value === null) return "null";
-      return encodeObject(value, ancestors);
+      if (value === null) return writeAscii("null");
+      return writeObject(value, ancestors);
     default:
       throw new EncodeError(typeof value);
   }
 }
 
-function encodeObject(value: object, ancestors: object[]): string {
+function writeObject(value: object, ancestors: object[]): void {
   if (ancestors.includes(value)) throw new EncodeError("a cyclic reference");
   const proto: unknown = Object.getPrototypeOf(value);
   if (Array.isArray(value)) {
     if (proto !== Array.prototype) throw new EncodeError("an Array subclass instance");
     ancestors.push(value);
-    let out = "[";
+    writeByte(0x5b);
     for (let i = 0; i < value.length; i++) {
       const item: unknown = value[i];
-      if (i > 0) out += ",";
+      if (i > 0) writeByte(0x2c);
       try {
         if (item === undefined) throw new EncodeError("undefined (array element)");
-        out += encodeValue(item, ancestors);
+        writeValue(item, ancestors);
       } catch (err) {
         throw err instanceof EncodeError ? err.prepend(i) : err;
       }
     }
     ancestors.pop();
-    return out + "]";
+    return writeByte(0x5d);
   }
   if (proto !== Object.prototype && proto !== null) {
+    if (value instanceof Encoded) return writeEncoded(value.bytes);
     if (ArrayBuffer.isView(value)) {
       throw new EncodeError(`a ${value.constructor.name} (hex-encode bytes to a string first)`);
     }
@@ -147,21 +261,22 @@ function encodeObject(value: object, ancestors: object[]): string {
     throw new EncodeError(`an instance of ${typeof name === "string" && name !== "" ? name : "a class"} (only plain objects)`);
   }
   ancestors.push(value);
-  let out = "{";
+  writeByte(0x7b);
   let first = true;
   for (const key of Object.keys(value)) {
     const item: unknown = (value as Record<string, unknown>)[key];
     if (item === undefined) continue;
+    if (!first) writeByte(0x2c);
+    writeKey(key);
     try {
-      const encoded = encodeValue(item, ancestors);
-      out += (first ? "" : ",") + quoteKey(key) + ":" + encoded;
+      writeValue(item, ancestors);
     } catch (err) {
       throw err instanceof EncodeError ? err.prepend(key) : err;
     }
     first = false;
   }
   ancestors.pop();
-  return out + "}";
+  return writeByte(0x7d);
 }
 
 function reviveString(s: string): string | bigint {

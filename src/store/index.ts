@@ -1,4 +1,4 @@
-export { decode, encode, DecodeError, EncodeError } from "./codec.js";
+export { decode, decodeBytes, encode, encodeBytes, DecodeError, Encoded, EncodeError } from "./codec.js";
 export {
   CorruptValueError,
   LevelStore,

@@ -14,7 +14,7 @@
  * range never contains another's.
  */
 import { Level } from "level";
-import { DecodeError, EncodeError, decode, encode } from "./codec.js";
+import { DecodeError, EncodeError, decodeBytes, encodeBytes } from "./codec.js";
 
 export interface OutboxEntry<T> {
   peer: string;
@@ -107,16 +107,16 @@ const META = "m!";
 const SEQ_HEX = 16;
 const MAX_SEQ = (1n << 64n) - 1n;
 
-type WriteOp = { type: "put"; key: string; value: string } | { type: "del"; key: string };
+type WriteOp = { type: "put"; key: string; value: Uint8Array } | { type: "del"; key: string };
 
 /** A sorted string keyspace; all the store needs from LevelDB. */
 interface Backend {
   readonly description: string;
   open(): Promise<void>;
   close(): Promise<void>;
-  get(key: string): Promise<string | undefined>;
+  get(key: string): Promise<Uint8Array | undefined>;
   /** Entries with gte <= key < lt, in key order. */
-  entries(gte: string, lt: string): Promise<[string, string][]>;
+  entries(gte: string, lt: string): Promise<[string, Uint8Array][]>;
   /** Atomic. */
   write(ops: WriteOp[]): Promise<void>;
 }
@@ -170,9 +170,9 @@ function checkSeq(value: unknown, what: string): bigint {
 }
 
 /** Encodes `value`, naming where in the batch it sits if it can't be. */
-function encodeAt(value: unknown, field: string, index: number, prop: string): string {
+function encodeAt(value: unknown, field: string, index: number, prop: string): Uint8Array {
   try {
-    return encode(value);
+    return encodeBytes(value);
   } catch (err) {
     throw err instanceof EncodeError ? err.prepend(prop).prepend(index).prepend(field) : err;
   }
@@ -181,7 +181,7 @@ function encodeAt(value: unknown, field: string, index: number, prop: string): s
 export interface StoreStats {
   commits: number;
   writes: number;
-  /** Key and value characters written (UTF-16 units: bytes for the ASCII the codec emits). */
+  /** Key characters (ASCII: bytes) and value bytes written. */
   writeBytes: number;
   /** Milliseconds between issuing each write and its completion, summed. */
   writeMs: number;
@@ -310,7 +310,7 @@ class KeyValueStore implements Store {
   commit(batch: Batch): Promise<CommitResult> {
     if (this.state !== "open") return Promise.reject(this.closedError());
     const ops: WriteOp[] = [];
-    const adds: { peer: string; value: string }[] = [];
+    const adds: { peer: string; value: Uint8Array }[] = [];
     const assigned = new Map<string, bigint>();
     const outboxSeqs: bigint[] = [];
     try {
@@ -324,7 +324,7 @@ class KeyValueStore implements Store {
       });
       for (const id of batch.deletePayments ?? []) ops.push({ type: "del", key: PAYMENT + checkString(id, "deletePayments entry") });
       for (const s of batch.secrets ?? []) {
-        ops.push({ type: "put", key: SECRET + checkString(s.secretHash, "secretHash"), value: encode(checkString(s.secret, "secret")) });
+        ops.push({ type: "put", key: SECRET + checkString(s.secretHash, "secretHash"), value: encodeBytes(checkString(s.secret, "secret")) });
       }
       (batch.meta ?? []).forEach((m, i) => {
         ops.push({ type: "put", key: META + checkString(m.key, "meta key"), value: encodeAt(m.value, "meta", i, "value") });
@@ -397,7 +397,7 @@ class KeyValueStore implements Store {
         // Every commit that used these counters is in this group or an earlier one.
         for (const peer of group.peers) {
           const key = NEXT_SEQ + peer;
-          group.ops.set(key, { type: "put", key, value: encode(this.nextSeq.get(peer)) });
+          group.ops.set(key, { type: "put", key, value: encodeBytes(this.nextSeq.get(peer)) });
         }
         this.writeCount++;
         const ops = [...group.ops.values()];
@@ -424,9 +424,9 @@ class KeyValueStore implements Store {
     return raw === undefined ? undefined : (this.decodeAt(key, raw) as T);
   }
 
-  private decodeAt(key: string, raw: string): unknown {
+  private decodeAt(key: string, raw: Uint8Array): unknown {
     try {
-      return decode(raw);
+      return decodeBytes(raw);
     } catch (err) {
       if (err instanceof DecodeError) throw new CorruptValueError(key, err.message, { cause: err });
       throw err;
@@ -444,7 +444,7 @@ class KeyValueStore implements Store {
 }
 
 class LevelBackend implements Backend {
-  private db: Level<string, string> | null = null;
+  private db: Level<string, Uint8Array> | null = null;
 
   constructor(
     readonly location: string,
@@ -457,7 +457,8 @@ class LevelBackend implements Backend {
 
   async open(): Promise<void> {
     // A fresh handle per open: a Level instance opens itself on construction.
-    const db = new Level<string, string>(this.location, { keyEncoding: "utf8", valueEncoding: "utf8" });
+    // Values are the codec's UTF-8 bytes, handed over and read back as they are.
+    const db = new Level<string, Uint8Array>(this.location, { keyEncoding: "utf8", valueEncoding: "view" });
     try {
       await db.open();
     } catch (err) {
@@ -473,11 +474,11 @@ class LevelBackend implements Backend {
     await db?.close();
   }
 
-  get(key: string): Promise<string | undefined> {
+  get(key: string): Promise<Uint8Array | undefined> {
     return this.handle().get(key);
   }
 
-  entries(gte: string, lt: string): Promise<[string, string][]> {
+  entries(gte: string, lt: string): Promise<[string, Uint8Array][]> {
     return this.handle().iterator({ gte, lt }).all();
   }
 
@@ -507,7 +508,7 @@ class LevelBackend implements Backend {
     return Number(db.getProperty("leveldb.num-files-at-level0"));
   }
 
-  private handle(): Level<string, string> {
+  private handle(): Level<string, Uint8Array> {
     if (!this.db) throw new StoreClosedError(`${this.description} is not open`);
     return this.db;
   }
@@ -552,7 +553,7 @@ export class LevelStore extends KeyValueStore {
 class MemoryBackend implements Backend {
   readonly description = "MemoryStore";
 
-  constructor(private readonly data: Map<string, string>) {}
+  constructor(private readonly data: Map<string, Uint8Array>) {}
 
   open(): Promise<void> {
     return Promise.resolve();
@@ -562,12 +563,12 @@ class MemoryBackend implements Backend {
     return Promise.resolve();
   }
 
-  get(key: string): Promise<string | undefined> {
+  get(key: string): Promise<Uint8Array | undefined> {
     return Promise.resolve(this.data.get(key));
   }
 
-  entries(gte: string, lt: string): Promise<[string, string][]> {
-    const rows: [string, string][] = [];
+  entries(gte: string, lt: string): Promise<[string, Uint8Array][]> {
+    const rows: [string, Uint8Array][] = [];
     for (const row of this.data) if (row[0] >= gte && row[0] < lt) rows.push(row);
     return Promise.resolve(rows.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
   }
@@ -587,7 +588,7 @@ class MemoryBackend implements Backend {
  * Pass the same `data` map to a new instance to model a restart.
  */
 export class MemoryStore extends KeyValueStore {
-  constructor(data: Map<string, string> = new Map()) {
+  constructor(data: Map<string, Uint8Array> = new Map()) {
     super(new MemoryBackend(data));
   }
 }
