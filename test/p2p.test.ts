@@ -1,6 +1,7 @@
 // Before anything that loads libp2p.
 import "../src/p2p/polyfill.js";
 import { expect } from "chai";
+import { Socket } from "node:net";
 import { keccak256 } from "../src/protocol/keccak.js";
 import type { Connection, Stream } from "@libp2p/interface";
 import { lpStream } from "@libp2p/utils";
@@ -9,7 +10,7 @@ import type { Libp2p } from "libp2p";
 import { createTransport, HELLO_PROTOCOL, MSG_PROTOCOL, P2PError, type P2PTransport, type PeerEvent, type TransportOptions } from "../src/p2p/index.js";
 import { encodeFrame, lengthPrefixed, parseFrame } from "../src/p2p/frames.js";
 import { HELLO_MAX_SKEW_MS, encodeHello, makeHello, parseHello, type Hello } from "../src/p2p/hello.js";
-import { cancelStrayTimers, createNode } from "../src/p2p/node.js";
+import { ConnectionLiveness, cancelStrayTimers, createNode } from "../src/p2p/node.js";
 import { loadBackend, type Address, type Signer } from "../src/signer/index.js";
 
 const backend = await loadBackend("auto");
@@ -393,6 +394,32 @@ describe("p2p transport (libp2p on 127.0.0.1)", function () {
         expect(Symbol.for("starling.cheapNoisePrefix") in decode, "noise length decoder replaced").to.equal(true);
       }
     }
+  });
+
+  it("finds a dead connection with yamux pings, without opening a stream, and closes it", async () => {
+    const a = await startRawNode("alice");
+    const b = await startRawNode("bob");
+    const conn = await a.dial(b.getMultiaddrs()[0]!);
+    const liveness = new ConnectionLiveness(() => a.getConnections(), 100, 300);
+    liveness.start();
+    try {
+      await waitFor("a round-trip time", () => typeof conn.rtt === "number" && conn.rtt >= 0, 3000);
+      // libp2p's own monitor would have opened a stream per ping on both ends.
+      expect(conn.streams.length).to.equal(0);
+      expect(b.getConnections()[0]!.streams.length).to.equal(0);
+      expect(conn.status).to.equal("open");
+      // Bob stops reading: the TCP connection stays up but nothing is answered any more.
+      const socket = (b.getConnections()[0] as unknown as { maConn: { socket?: Socket } }).maConn.socket;
+      expect(socket, "bob's TCP socket").to.be.instanceOf(Socket);
+      socket!.pause();
+      await waitFor("the dead connection to be closed", () => conn.status !== "open", 3000);
+    } finally {
+      liveness.stop();
+    }
+  });
+
+  it("refuses a ping interval that is not positive", () => {
+    expect(() => new ConnectionLiveness(() => [], 0)).to.throw(RangeError, /positive/);
   });
 
   describe("hello", () => {

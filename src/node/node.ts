@@ -94,8 +94,8 @@ export interface ChannelSummary {
 const unixNow = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 
 /**
- * Connections are pinged every minute, not libp2p's 10 s: a hub handles the pings of all its
- * users (each one a new stream), which at 10 s is most of an idle hub's work.
+ * Connections are pinged every minute (a yamux ping frame, see ConnectionLiveness): a hub answers
+ * the pings of all its users as well as sending its own.
  */
 const PING_INTERVAL_MS = 60_000;
 /** The once-a-second tick runs in this many slices of the channels (see NodeInput "tick"). */

@@ -42,11 +42,79 @@ export interface ConnectionLimits {
   /** New inbound connections accepted per second from one remote host. */
   inboundConnectionThreshold?: number;
   /**
-   * How often each connection is pinged to find dead ones (libp2p: 10 s). Every ping opens a
-   * stream and negotiates its protocol, on both ends: a hub with N users handles about 2N / interval
-   * of them per second.
+   * How often each connection is pinged to find dead ones (default {@link DEFAULT_PING_INTERVAL_MS});
+   * one that does not answer within {@link PING_TIMEOUT_MS} is closed. See {@link ConnectionLiveness}.
    */
   pingIntervalMs?: number;
+}
+
+export const DEFAULT_PING_INTERVAL_MS = 10_000;
+/** A ping unanswered this long closes its connection: far above any queueing a loaded node shows. */
+export const PING_TIMEOUT_MS = 20_000;
+
+interface PingingMuxer {
+  ping(options: { signal: AbortSignal }): Promise<number>;
+}
+
+/**
+ * Finds dead connections with yamux's ping frame: 12 bytes on the connection's muxer, answered by
+ * the remote's muxer, no stream. libp2p's own connection monitor opens a stream and negotiates a
+ * protocol for every ping, on both ends (a hub with N users: 2N stream set-ups per interval, each
+ * with its loggers), and pings every connection in the same instant. Here each connection is
+ * pinged once per interval, at its own moment within it (checked every tenth of the interval), so
+ * a hub's pings are spread out.
+ *
+ * Reaches into the connection for its muxer; a connection whose muxer cannot ping is left alone.
+ */
+export class ConnectionLiveness {
+  readonly #connections: () => Connection[];
+  readonly #intervalMs: number;
+  readonly #timeoutMs: number;
+  /** When each connection is next due. */
+  readonly #due = new WeakMap<Connection, number>();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(connections: () => Connection[], intervalMs: number, timeoutMs = PING_TIMEOUT_MS) {
+    if (!(intervalMs > 0)) throw new RangeError(`ping interval must be positive, got ${intervalMs}`);
+    this.#connections = connections;
+    this.#intervalMs = intervalMs;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  start(): void {
+    this.#timer ??= setInterval(() => this.check(Date.now()), this.#intervalMs / 10);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Pings the connections due at `now`; a new connection is first due at a random point of one interval. */
+  check(now: number): void {
+    for (const conn of this.#connections()) {
+      const due = this.#due.get(conn);
+      if (due === undefined) this.#due.set(conn, now + Math.random() * this.#intervalMs);
+      else if (due <= now && conn.status === "open") {
+        this.#due.set(conn, now + this.#intervalMs);
+        this.#ping(conn);
+      }
+    }
+  }
+
+  #ping(conn: Connection): void {
+    const muxer = (conn as unknown as { muxer?: Partial<PingingMuxer> }).muxer;
+    if (typeof muxer?.ping !== "function") return;
+    (muxer as PingingMuxer).ping({ signal: AbortSignal.timeout(this.#timeoutMs) }).then(
+      (rtt) => {
+        conn.rtt = rtt;
+      },
+      (err: unknown) => {
+        if (conn.status === "open") conn.abort(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  }
 }
 
 export async function createNode(init: NodeInit): Promise<Libp2p> {
@@ -59,6 +127,8 @@ export async function createNode(init: NodeInit): Promise<Libp2p> {
     connectionEncrypters: [noise()],
     streamMuxers: [
       yamux({
+        // Pinged by ConnectionLiveness instead, which also closes a connection that stops answering.
+        enableKeepAlive: false,
         streamOptions: {
           maxStreamWindowSize: window,
           maxReadBufferLength: 2 * window,
@@ -66,7 +136,11 @@ export async function createNode(init: NodeInit): Promise<Libp2p> {
       }),
     ],
     ...(Object.keys(limits).length > 0 ? { connectionManager: { ...limits } } : {}),
-    ...(pingIntervalMs !== undefined ? { connectionMonitor: { pingInterval: pingIntervalMs } } : {}),
+    connectionMonitor: { enabled: false },
+    services: {
+      liveness: (components: { connectionManager: { getConnections(): Connection[] } }) =>
+        new ConnectionLiveness(() => components.connectionManager.getConnections(), pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS),
+    },
     start: false,
   });
 }
