@@ -112,36 +112,43 @@ describe("stored transfer entries", function () {
     metaSentAt: 5n,
   };
 
-  it("a lock's meta keeps only what the lock does not say already, and loads back whole", function () {
-    const stored = storedTransferEntry("sent", lock) as typeof lock;
+  const key = `${id32(1)}:${id32(2)}`;
+
+  it("a lock leaves out what its key and its own fields say already, and loads back whole", function () {
+    const stored = storedTransferEntry("sent", key, lock) as Partial<typeof lock>;
     expect(stored.meta).to.deep.equal({ initiator: lock.meta.initiator, target: lock.meta.target });
-    expect(JSON.stringify(stored, (_, v: unknown) => (typeof v === "bigint" ? String(v) : v)).length).to.be.below(
-      JSON.stringify(lock, (_, v: unknown) => (typeof v === "bigint" ? String(v) : v)).length * 0.7,
-    );
-    const loaded = transferStateFromEntries([["t!sent!k", stored], ["t!received!k", storedTransferEntry("received", lock)]], "t!");
-    expect(loaded.sent.get("k")).to.deep.equal(lock);
-    expect(loaded.received.get("k")).to.deep.equal(lock);
-    // Field for field as written, so a loaded lock's LockedTransfer is re-sent byte for byte alike.
-    expect(encode(loaded.sent.get("k"))).to.equal(encode(lock));
+    expect(stored).to.not.have.property("channelId");
+    expect(stored).to.not.have.property("secretHash");
+    expect(encode(stored).length).to.be.below(encode(lock).length * 0.5);
+    const loaded = transferStateFromEntries([[`t!sent!${key}`, stored], [`t!received!${key}`, storedTransferEntry("received", key, lock)]], "t!");
+    expect(loaded.sent.get(key)).to.deep.equal(lock);
+    expect(loaded.received.get(key)).to.deep.equal(lock);
+    // Field for field as written, so a loaded lock encodes alike and its LockedTransfer is re-sent byte for byte alike.
+    expect(encode(loaded.sent.get(key))).to.equal(encode(lock));
+    expect(encode(loaded.received.get(key))).to.equal(encode(lock));
   });
 
-  it("a meta field that differs from the lock's is kept; records stored whole and other tables load unchanged", function () {
+  it("a field that differs from what the key or lock says is kept; records stored whole and other tables load unchanged", function () {
     const odd = { ...lock, meta: { ...lock.meta, expiry: 900n } };
-    expect((storedTransferEntry("received", odd) as typeof lock).meta).to.deep.equal({ initiator: lock.meta.initiator, target: lock.meta.target, expiry: 900n });
+    expect((storedTransferEntry("received", key, odd) as typeof lock).meta).to.deep.equal({ initiator: lock.meta.initiator, target: lock.meta.target, expiry: 900n });
+    // Under another key (not as the engine stores it) the lock keeps its channel id and hash.
+    expect(storedTransferEntry("sent", "other", lock)).to.include({ channelId: id32(1), secretHash: id32(2) });
     const waiting = { ...lock, meta: null };
-    expect(storedTransferEntry("received", waiting)).to.equal(waiting);
+    expect(storedTransferEntry("received", "other", waiting)).to.equal(waiting);
+    expect(storedTransferEntry("received", key, waiting)).to.deep.equal({ amount: 7n, expiry: 1_000n, paymentId: id32(3), stage: "locked", upstream: null, meta: null, metaSentAt: 5n });
     const payment = { paymentId: id32(3), meta: lock.meta };
-    expect(storedTransferEntry("payments", payment)).to.equal(payment);
+    expect(storedTransferEntry("payments", id32(3), payment)).to.equal(payment);
     const loaded = transferStateFromEntries(
       [
-        ["t!sent!whole", lock],
-        ["t!received!odd", storedTransferEntry("received", odd)],
-        ["t!received!waiting", waiting],
+        [`t!sent!${key}`, lock],
+        ["t!received!odd", storedTransferEntry("received", "odd", odd)],
+        [`t!received!${key}`, storedTransferEntry("received", key, waiting)],
       ],
       "t!",
     );
-    expect(loaded.sent.get("whole")).to.deep.equal(lock);
+    expect(loaded.sent.get(key)).to.deep.equal(lock);
     expect(loaded.received.get("odd")).to.deep.equal(odd);
-    expect(loaded.received.get("waiting")).to.deep.equal(waiting);
+    expect(loaded.received.get(key)).to.deep.equal(waiting);
+    expect(() => transferStateFromEntries([["t!sent!nokey", storedTransferEntry("sent", key, lock)]], "t!")).to.throw(/names none/);
   });
 });

@@ -888,7 +888,7 @@ describe("multi-hop and load", function () {
         for (const key of keys) {
           const value = (r.persist.transfers![table] as ReadonlyMap<string, unknown>).get(key);
           if (value === undefined) mirror.delete(`${table}!${key}`);
-          else mirror.set(`${table}!${key}`, storedTransferEntry(table, value));
+          else mirror.set(`${table}!${key}`, storedTransferEntry(table, key, value));
         }
       }
       return r;

@@ -46,33 +46,51 @@ const TABLES: readonly (keyof TransferState)[] = ["payments", "incoming", "secre
  */
 
 /**
- * A sent or received lock carries its LockedTransfer (`meta`), which repeats five of the lock's
- * own fields: about a third of the record, written each time the lock changes stage. Stored, the
- * meta keeps only what differs from the lock; loading fills the rest back in. Records stored
- * whole (before this) load unchanged.
+ * A sent or received lock is stored under its lock key, `<channelId>:<secretHash>`, and carries
+ * its LockedTransfer (`meta`), which repeats five of the lock's own fields: together about half
+ * of the record, written each time the lock changes stage. Stored, the lock leaves out the two
+ * fields its key says and the meta keeps only what differs from the lock; loading fills them back
+ * in. Records stored whole (before this) load unchanged.
  */
 const META_FROM_LOCK = ["channelId", "paymentId", "amount", "secretHash", "expiry"] as const;
 
 type LockRecord = { meta?: LockedTransfer | Partial<LockedTransfer> | null } & Record<(typeof META_FROM_LOCK)[number], unknown>;
 
-/** The stored form of a transfer-state entry of `table`. */
-export function storedTransferEntry(table: string, value: unknown): unknown {
-  if (table !== "sent" && table !== "received") return value;
+const isLockTable = (table: string): boolean => table === "sent" || table === "received";
+
+/** The stored form of the transfer-state entry `key` of `table`. */
+export function storedTransferEntry(table: string, key: string, value: unknown): unknown {
+  if (!isLockTable(table)) return value;
   const lock = value as LockRecord;
-  if (!lock.meta) return value;
-  const meta: Record<string, unknown> = { ...lock.meta };
-  if (meta.type === "LockedTransfer") delete meta.type;
-  for (const f of META_FROM_LOCK) if (meta[f] === lock[f]) delete meta[f];
-  return { ...lock, meta };
+  const keyed = key === `${String(lock.channelId)}:${String(lock.secretHash)}`;
+  if (!keyed && !lock.meta) return value;
+  const stored: Record<string, unknown> = { ...lock };
+  if (keyed) {
+    delete stored.channelId;
+    delete stored.secretHash;
+  }
+  if (lock.meta) {
+    const meta: Record<string, unknown> = { ...lock.meta };
+    if (meta.type === "LockedTransfer") delete meta.type;
+    for (const f of META_FROM_LOCK) if (meta[f] === lock[f]) delete meta[f];
+    stored.meta = meta;
+  }
+  return stored;
 }
 
 /** A LockedTransfer's fields in the order the engine writes them (so a loaded one encodes alike). */
 const META_ORDER = ["type", "channelId", "paymentId", "initiator", "target", "amount", "secretHash", "expiry"];
 
-function loadedTransferEntry(table: string, value: unknown): unknown {
-  if (table !== "sent" && table !== "received") return value;
-  const lock = value as LockRecord;
-  if (!lock.meta) return value;
+function loadedTransferEntry(table: string, key: string, value: unknown): unknown {
+  if (!isLockTable(table)) return value;
+  let lock = value as LockRecord;
+  if (!("channelId" in lock)) {
+    const sep = key.indexOf(":");
+    if (sep < 0) throw new Error(`transfer-state entry ${table}!${key} has no channel id and its key names none`);
+    // The lock's own fields first, as the engine makes them.
+    lock = { channelId: key.slice(0, sep), secretHash: key.slice(sep + 1), ...(lock as object) } as LockRecord;
+  }
+  if (!lock.meta) return lock;
   const full: Record<string, unknown> = { type: "LockedTransfer" };
   for (const f of META_FROM_LOCK) full[f] = lock[f];
   Object.assign(full, lock.meta);
@@ -90,7 +108,8 @@ export function transferStateFromEntries(entries: Iterable<[string, unknown]>, p
     const name = rest.slice(0, sep);
     const table = tables.get(name);
     if (sep < 0 || !table) throw new Error(`unexpected transfer-state entry ${key}`);
-    table.set(rest.slice(sep + 1), loadedTransferEntry(name, value));
+    const entryKey = rest.slice(sep + 1);
+    table.set(entryKey, loadedTransferEntry(name, entryKey, value));
   }
   return Object.fromEntries(tables) as unknown as TransferState;
 }
@@ -99,7 +118,7 @@ export function transferStateFromEntries(entries: Iterable<[string, unknown]>, p
 export function transferStateEntries(s: TransferState, prefix: string): { key: string; value: unknown }[] {
   const out: { key: string; value: unknown }[] = [];
   for (const table of TABLES) {
-    for (const [key, value] of s[table] as ReadonlyMap<string, unknown>) out.push({ key: `${prefix}${table}!${key}`, value: storedTransferEntry(table, value) });
+    for (const [key, value] of s[table] as ReadonlyMap<string, unknown>) out.push({ key: `${prefix}${table}!${key}`, value: storedTransferEntry(table, key, value) });
   }
   return out;
 }

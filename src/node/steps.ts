@@ -191,7 +191,7 @@ export class StepRunner {
           const value = entries.get(key);
           const storeKey = `${this.#keys.transfers}${table}!${key}`;
           if (value === undefined) del.push(storeKey);
-          else put.push({ key: storeKey, value: storedTransferEntry(table, value) });
+          else put.push({ key: storeKey, value: storedTransferEntry(table, key, value) });
         }
       }
       if (put.length > 0) batch.meta = put;
