@@ -62,8 +62,8 @@ export class DecodeError extends Error {
  * The text is written byte by byte into one reused buffer and copied out once. Built as a
  * string by concatenation instead, a record was a tree of short-lived pieces that the young
  * generation had to collect (about a third of a node's allocation under load), and LevelDB's
- * binding and the wire's TextEncoder then converted it to UTF-8 again (scripts/bench-store.ts
- * measures both ways).
+ * binding and the wire's TextEncoder then converted it to UTF-8 again (docs/performance.md,
+ * Ninth round).
  */
 export function encodeBytes(value: unknown): Uint8Array {
   if (value === undefined) throw new EncodeError("undefined");
