@@ -38,7 +38,18 @@ describe("store codec", () => {
 
   it("writes strings and keys exactly as JSON.stringify does (the fast path for plain ASCII changes no byte)", () => {
     const ascii = Array.from({ length: 128 }, (_, i) => String.fromCharCode(i)).join("");
-    const text = fc.oneof(fc.string({ unit: "binary" }), fc.string({ unit: fc.constantFrom(...ascii) }), fc.constantFrom(ascii, "\u2028", "\ud800", "é", '"', "\\"));
+    const asciiUnit = fc.constantFrom(...ascii);
+    // Long strings take the native path (regular expression and latin1 write), short ones the loop.
+    const long = (unit: fc.Arbitrary<string> | "binary") => fc.string({ unit, minLength: 24, maxLength: 200 });
+    const text = fc.oneof(
+      fc.string({ unit: "binary" }),
+      fc.string({ unit: asciiUnit }),
+      long(asciiUnit),
+      long("binary"),
+      long(fc.constantFrom(..."0123456789abcdef")).map((h) => `0x${h}`),
+      fc.tuple(long(fc.constantFrom("a", "b")), fc.constantFrom(...ascii, "é", "\u2028", "\ud800", "😀"), fc.nat(200)).map(([s, c, i]) => s.slice(0, i % s.length) + c + s.slice(i % s.length)),
+      fc.constantFrom(ascii, "\u2028", "\ud800", "é", '"', "\\"),
+    );
     fc.assert(
       fc.property(text, text, (s, key) => {
         const escaped = s.startsWith("$") ? `$${s}` : s;
@@ -89,6 +100,20 @@ describe("store codec", () => {
     expect(() => encodeBytes(sneaky)).to.throw(EncodeError, /encodes another/);
     expect(decodeBytes(encodeBytes([1, "two"]))).to.deep.equal([1, "two"]);
     expect(() => decodeBytes(Uint8Array.of(0x22, 0xff, 0x22))).to.throw(DecodeError, /not UTF-8/);
+  });
+
+  it("writes own keys only, as JSON.stringify does, even with Object.prototype polluted", () => {
+    const proto = Object.prototype as Record<string, unknown>;
+    const record = { b: 1, a: [2n, { c: "0x" + "ab".repeat(40) }], 7: "seven" };
+    const clean = encode(record);
+    proto.polluted = "yes";
+    try {
+      expect(encode(record)).to.equal(clean);
+      expect(encode({ x: {} })).to.equal('{"x":{}}');
+    } finally {
+      delete proto.polluted;
+    }
+    expect(clean).to.equal('{"7":"seven","b":1,"a":["$2",{"c":"0x' + "ab".repeat(40) + '"}]}');
   });
 
   it("keeps strings that look like encoded bigints as strings", () => {

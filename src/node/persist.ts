@@ -62,20 +62,35 @@ const isLockTable = (table: string): boolean => table === "sent" || table === "r
 export function storedTransferEntry(table: string, key: string, value: unknown): unknown {
   if (!isLockTable(table)) return value;
   const lock = value as LockRecord;
-  const keyed = key === `${String(lock.channelId)}:${String(lock.secretHash)}`;
+  const keyed = isLockKeyOf(key, lock);
   if (!keyed && !lock.meta) return value;
-  const stored: Record<string, unknown> = { ...lock };
-  if (keyed) {
-    delete stored.channelId;
-    delete stored.secretHash;
-  }
-  if (lock.meta) {
-    const meta: Record<string, unknown> = { ...lock.meta };
-    if (meta.type === "LockedTransfer") delete meta.type;
-    for (const f of META_FROM_LOCK) if (meta[f] === lock[f]) delete meta[f];
-    stored.meta = meta;
+  // Built field by field: a copy with fields deleted would be a dictionary-mode object, slower
+  // to encode.
+  const stored: Record<string, unknown> = {};
+  for (const f of Object.keys(lock)) {
+    if (keyed && (f === "channelId" || f === "secretHash")) continue;
+    stored[f] = f === "meta" && lock.meta ? storedMeta(lock, lock.meta) : lock[f as keyof LockRecord];
   }
   return stored;
+}
+
+/** Whether `key` is `<channelId>:<secretHash>` of `lock` (compared in place, without building it). */
+function isLockKeyOf(key: string, lock: LockRecord): boolean {
+  const { channelId, secretHash } = lock;
+  if (typeof channelId !== "string" || typeof secretHash !== "string") return false;
+  const n = channelId.length;
+  return key.length === n + 1 + secretHash.length && key.charCodeAt(n) === 0x3a && key.startsWith(channelId) && key.endsWith(secretHash);
+}
+
+/** The meta without its type and without the fields equal to the lock's own. */
+function storedMeta(lock: LockRecord, meta: LockedTransfer | Partial<LockedTransfer>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const f of Object.keys(meta) as (keyof LockedTransfer)[]) {
+    const v = meta[f];
+    if (f === "type" ? v === "LockedTransfer" : (META_FROM_LOCK as readonly string[]).includes(f) && v === lock[f as (typeof META_FROM_LOCK)[number]]) continue;
+    out[f] = v;
+  }
+  return out;
 }
 
 /** A LockedTransfer's fields in the order the engine writes them (so a loaded one encodes alike). */
