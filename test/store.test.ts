@@ -611,6 +611,69 @@ function storeSuite(name: string, makeDisk: () => Disk): void {
       await store.open();
     });
 
+    it("stores a channel's config and funding apart, rewritten only when either changes", async () => {
+      const config = { channelId: "0xa1", me: 1 };
+      const funding = { deposit1: 5n, deposit2: 0n };
+      const v1 = { config, funding, status: "open", latest: { nonce: 1n } };
+      const v2 = { ...v1, latest: { nonce: 2n } };
+      const funded = { ...v2, funding: { deposit1: 7n, deposit2: 0n }, latest: { nonce: 3n } };
+      const bytesOf = async (write: () => Promise<unknown>): Promise<number> => {
+        const before = store.stats.writeBytes;
+        await write();
+        return store.stats.writeBytes - before;
+      };
+      const first = await bytesOf(() => store.commit({ channels: [{ channelId: "x", record: v1 }] }));
+      const update = await bytesOf(() => store.commit({ channels: [{ channelId: "x", record: v2 }] }));
+      // The update writes the rest of the record only.
+      expect(first - update).to.equal(encodeBytes({ config, funding }).length + "f!x".length);
+      expect(await store.getChannel("x")).to.deep.equal(v2);
+      const changed = await bytesOf(() => store.commit({ channels: [{ channelId: "x", record: funded }] }));
+      expect(changed).to.equal(first);
+      // A commit with an invalid value writes neither part and changes what later commits write in no way.
+      const bad = { ...funded, funding: { deposit1: () => 1 } };
+      await rejection(store.commit({ channels: [{ channelId: "x", record: bad }] }));
+      expect(await bytesOf(() => store.commit({ channels: [{ channelId: "x", record: { ...funded, latest: { nonce: 4n } } }] }))).to.equal(update);
+      for (let pass = 0; pass < 2; pass++) {
+        const read = await store.getChannel<typeof funded>("x");
+        expect(read).to.deep.equal({ ...funded, latest: { nonce: 4n } });
+        expect(Object.keys(read!)).to.deep.equal(["config", "funding", "status", "latest"]);
+        expect(await store.listChannels()).to.deep.equal([{ ...funded, latest: { nonce: 4n } }]);
+        await restart();
+      }
+      // After a restart the first write of a channel carries its fixed parts again.
+      expect(await bytesOf(() => store.commit({ channels: [{ channelId: "x", record: { ...funded, latest: { nonce: 5n } } }] }))).to.equal(first);
+      await store.close();
+      expect((await disk.keys()).sort()).to.deep.equal(["c!x", "f!x"]);
+      await store.open();
+    });
+
+    it("reads a channel record stored whole, with or without a config, and splits it at its next write", async () => {
+      const whole = { config: { channelId: "0xb2" }, funding: { credit: 9n }, status: "open" };
+      await store.close();
+      await disk.putRaw("c!w", encode(whole));
+      await disk.putRaw("c!plain", encode(channel("plain", 1n)));
+      await store.open();
+      expect(await store.getChannel("w")).to.deep.equal(whole);
+      expect(await store.listChannels()).to.deep.equal([channel("plain", 1n), whole]);
+      await store.commit({ channels: [{ channelId: "w", record: { ...whole, status: "closing" } }] });
+      expect(await store.getChannel("w")).to.deep.equal({ ...whole, status: "closing" });
+      // A record without the parts written over a split one: nothing of the old parts is joined to it.
+      await store.commit({ channels: [{ channelId: "w", record: channel("w", 2n) }] });
+      expect(await store.getChannel("w")).to.deep.equal(channel("w", 2n));
+      await restart();
+      expect(await store.listChannels()).to.deep.equal([channel("plain", 1n), channel("w", 2n)]);
+    });
+
+    it("names a stored config and funding record it cannot use", async () => {
+      await store.commit({ channels: [{ channelId: "x", record: { config: { id: 1 }, funding: { f: 2n }, status: "open" } }] });
+      await store.close();
+      await disk.putRaw("f!x", encode([1, 2]));
+      await store.open();
+      const err = await rejection(store.getChannel("x"));
+      expect(err).to.be.instanceOf(CorruptValueError);
+      expect((err as CorruptValueError).key).to.equal("f!x");
+    });
+
     it("rejects every call on a closed store with a clear error", async () => {
       await store.close();
       await store.close(); // idempotent
@@ -717,5 +780,45 @@ describe("LevelStore specifics", () => {
     await again.open();
     expect((await again.listOutbox()).length).to.equal(20);
     await again.close();
+  });
+});
+
+describe("a failed write and the channels' config and funding records", () => {
+  /** A store's data that refuses the first put of the next write, after running `during` (as if it came in while that write was in flight). */
+  class FailingData extends Map<string, Uint8Array> {
+    failNext: (() => void) | null = null;
+    override set(key: string, value: Uint8Array): this {
+      const during = this.failNext;
+      if (during) {
+        this.failNext = null;
+        during();
+        throw new Error("disk full");
+      }
+      return super.set(key, value);
+    }
+  }
+
+  it("writes them with the next group when the write that carried them failed", async () => {
+    const data = new FailingData();
+    const store = new MemoryStore(data);
+    await store.open();
+    try {
+      const config = { channelId: "0xc3" };
+      const funding = { deposit1: 1n };
+      const v = (nonce: bigint) => ({ config, funding, latest: { nonce } });
+      let later: Promise<unknown> | null = null;
+      // The first write of the channel (with its parts) fails; an update of the same channel,
+      // committed while it was in flight, went to the next group without the parts.
+      data.failNext = () => {
+        later = store.commit({ channels: [{ channelId: "x", record: v(2n) }] });
+      };
+      const err = await rejection(store.commit({ channels: [{ channelId: "x", record: v(1n) }] }));
+      expect(err.message).to.match(/write failed/);
+      await later;
+      expect(await store.getChannel("x")).to.deep.equal(v(2n));
+      expect([...data.keys()].sort()).to.deep.equal(["c!x", "f!x"]);
+    } finally {
+      await store.close();
+    }
   });
 });

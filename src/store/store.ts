@@ -4,7 +4,9 @@
  * the transition's messages, so a crash never leaves a message sent whose state is lost.
  *
  * Key layout (one keyspace, "!"-terminated prefixes; values are {@link encode}d JSON):
- *   c!<channelId>              channel record, replaced in place: O(1) per channel
+ *   c!<channelId>              channel record, replaced in place: O(1) per channel; without its
+ *                              `config` and `funding` when those are stored under f!
+ *   f!<channelId>              a channel record's `config` and `funding` (see FIXED_FIELDS)
  *   p!<paymentId>              payment record, removable with deletePayments
  *   s!<secretHash>             secret
  *   o!<peer>!<seq: 16 hex>     outbox message; fixed-width seq so byte order is numeric order
@@ -98,6 +100,7 @@ export class CorruptValueError extends Error {
 }
 
 const CHANNEL = "c!";
+const CHANNEL_FIXED = "f!";
 const PAYMENT = "p!";
 const SECRET = "s!";
 const OUTBOX = "o!";
@@ -119,6 +122,42 @@ interface Backend {
   entries(gte: string, lt: string): Promise<[string, Uint8Array][]>;
   /** Atomic. */
   write(ops: WriteOp[]): Promise<void>;
+}
+
+/**
+ * A channel record's parts that change only with chain events (its configuration and on-chain
+ * totals: ~480 bytes, a fifth of a record under load). They are stored under their own key and
+ * written only when either is a different object from the one last written for the channel, so
+ * the updates in between rewrite the rest of the record alone. Records are treated as immutable
+ * snapshots (the engine's are): a part changed in place would not be noticed.
+ */
+const FIXED_FIELDS = ["config", "funding"] as const;
+
+type FixedParts = { config: object; funding: object };
+
+/** The record's fixed parts, if it is a plain object that has both as objects. */
+function fixedPartsOf(record: unknown): FixedParts | null {
+  if (record === null || typeof record !== "object" || Array.isArray(record)) return null;
+  const { config, funding } = record as Record<string, unknown>;
+  if (config === null || typeof config !== "object" || funding === null || typeof funding !== "object") return null;
+  return { config, funding };
+}
+
+/** The record without its fixed parts (field order kept). */
+function withoutFixed(record: object): Record<string, unknown> {
+  const rest: Record<string, unknown> = {};
+  for (const key of Object.keys(record)) {
+    if (key !== "config" && key !== "funding") rest[key] = (record as Record<string, unknown>)[key];
+  }
+  return rest;
+}
+
+/** A stored channel record joined with its stored fixed parts, if it was stored without them. */
+function joinChannel(key: string, rest: unknown, fixed: unknown): unknown {
+  if (fixed === undefined || rest === null || typeof rest !== "object" || Array.isArray(rest) || "config" in rest) return rest;
+  const parts = fixedPartsOf(fixed);
+  if (parts === null) throw new CorruptValueError(CHANNEL_FIXED + key.slice(CHANNEL.length), `not an object with ${FIXED_FIELDS.join(" and ")}`);
+  return { config: parts.config, funding: parts.funding, ...rest };
 }
 
 /** Smallest string above every string starting with `prefix` (whose last char is ASCII). */
@@ -202,6 +241,11 @@ interface Group {
   ops: Map<string, WriteOp>;
   peers: Set<string>;
   waiters: Waiter[];
+  /**
+   * Channels whose fixed parts this group leaves to an earlier group's write: if that write
+   * fails, this group writes them (the newest record's parts, by channel id).
+   */
+  fixedElsewhere: Map<string, FixedParts>;
 }
 
 type State = "closed" | "opening" | "open" | "closing";
@@ -215,6 +259,8 @@ class KeyValueStore implements Store {
   /** Outbox deletes waiting to ride with the next write (see ackLater). */
   private lazyAcks: WriteOp[] = [];
   private lazyTimer: NodeJS.Timeout | null = null;
+  /** The fixed parts last handed to a write, by channel id (see FIXED_FIELDS). */
+  private readonly fixedWritten = new Map<string, FixedParts>();
   private commitCount = 0;
   private writeCount = 0;
   private writeBytes = 0;
@@ -236,6 +282,7 @@ class KeyValueStore implements Store {
     try {
       await this.backend.open();
       this.nextSeq.clear();
+      this.fixedWritten.clear();
       for (const [key, raw] of await this.backend.entries(NEXT_SEQ, upperBound(NEXT_SEQ))) {
         const next = this.decodeAt(key, raw);
         if (typeof next !== "bigint") throw new CorruptValueError(key, "outbox counter is not a bigint");
@@ -262,14 +309,23 @@ class KeyValueStore implements Store {
     }
   }
 
-  getChannel<T>(channelId: string): Promise<T | undefined> {
-    return this.read<T>(CHANNEL + channelId);
+  async getChannel<T>(channelId: string): Promise<T | undefined> {
+    const key = CHANNEL + channelId;
+    const [rest, fixed] = await Promise.all([this.read<unknown>(key), this.read<unknown>(CHANNEL_FIXED + channelId)]);
+    return rest === undefined ? undefined : (joinChannel(key, rest, fixed) as T);
   }
 
   async listChannels<T>(): Promise<T[]> {
     this.assertOpen();
-    const rows = await this.backend.entries(CHANNEL, upperBound(CHANNEL));
-    return rows.map(([key, raw]) => this.decodeAt(key, raw) as T);
+    const [rows, fixedRows] = await Promise.all([
+      this.backend.entries(CHANNEL, upperBound(CHANNEL)),
+      this.backend.entries(CHANNEL_FIXED, upperBound(CHANNEL_FIXED)),
+    ]);
+    const fixed = new Map(fixedRows.map(([key, raw]) => [key.slice(CHANNEL_FIXED.length), { key, raw }]));
+    return rows.map(([key, raw]) => {
+      const parts = fixed.get(key.slice(CHANNEL.length));
+      return joinChannel(key, this.decodeAt(key, raw), parts && this.decodeAt(parts.key, parts.raw)) as T;
+    });
   }
 
   getPayment<T>(paymentId: string): Promise<T | undefined> {
@@ -313,11 +369,30 @@ class KeyValueStore implements Store {
     const adds: { peer: string; value: Uint8Array }[] = [];
     const assigned = new Map<string, bigint>();
     const outboxSeqs: bigint[] = [];
+    /** By channel id: the fixed parts as of this commit, and whether it writes them. */
+    const fixed = new Map<string, { parts: FixedParts | null; written: boolean }>();
     try {
       // Everything that can fail happens before any shared state changes, so a rejected
       // commit consumes no seqs and writes nothing.
       (batch.channels ?? []).forEach((c, i) => {
-        ops.push({ type: "put", key: CHANNEL + checkString(c.channelId, "channelId"), value: encodeAt(c.record, "channels", i, "record") });
+        const id = checkString(c.channelId, "channelId");
+        const parts = fixedPartsOf(c.record);
+        if (parts === null) {
+          // Stored whole: no f! record may be joined with it.
+          ops.push({ type: "put", key: CHANNEL + id, value: encodeAt(c.record, "channels", i, "record") });
+          ops.push({ type: "del", key: CHANNEL_FIXED + id });
+          fixed.set(id, { parts: null, written: true });
+          return;
+        }
+        ops.push({ type: "put", key: CHANNEL + id, value: encodeAt(withoutFixed(c.record as object), "channels", i, "record") });
+        const seen = fixed.get(id);
+        const last = seen ? seen.parts : this.fixedWritten.get(id);
+        if (last && last.config === parts.config && last.funding === parts.funding) {
+          fixed.set(id, { parts, written: seen?.written ?? false });
+          return;
+        }
+        ops.push({ type: "put", key: CHANNEL_FIXED + id, value: encodeAt(parts, "channels", i, "record") });
+        fixed.set(id, { parts, written: true });
       });
       (batch.payments ?? []).forEach((p, i) => {
         ops.push({ type: "put", key: PAYMENT + checkString(p.paymentId, "paymentId"), value: encodeAt(p.record, "payments", i, "record") });
@@ -347,7 +422,13 @@ class KeyValueStore implements Store {
       return Promise.reject(err);
     }
 
-    const group: Group = (this.pending ??= { ops: new Map(), peers: new Set(), waiters: [] });
+    const group: Group = (this.pending ??= { ops: new Map(), peers: new Set(), waiters: [], fixedElsewhere: new Map() });
+    for (const [id, { parts, written }] of fixed) {
+      if (parts === null) this.fixedWritten.delete(id);
+      else this.fixedWritten.set(id, parts);
+      if (written || parts === null) group.fixedElsewhere.delete(id);
+      else if (!group.ops.has(CHANNEL_FIXED + id)) group.fixedElsewhere.set(id, parts);
+    }
     if (this.lazyAcks.length > 0) {
       ops.unshift(...this.lazyAcks);
       this.lazyAcks = [];
@@ -383,6 +464,22 @@ class KeyValueStore implements Store {
     }
   }
 
+  /**
+   * A write failed: fixed parts it carried may be missing. Every later record writes its own
+   * again, and the group already waiting writes those it left to an earlier group.
+   */
+  private fixedLost(): void {
+    this.fixedWritten.clear();
+    const next = this.pending;
+    if (!next) return;
+    for (const [id, parts] of next.fixedElsewhere) {
+      const key = CHANNEL_FIXED + id;
+      next.ops.set(key, { type: "put", key, value: encodeBytes(parts) });
+      this.fixedWritten.set(id, parts);
+    }
+    next.fixedElsewhere.clear();
+  }
+
   /** Writes the lazy acks now, in a commit of their own (they join its group). */
   private writeLazyAcks(): void {
     if (this.lazyAcks.length > 0) void this.commit({}).catch(() => undefined);
@@ -409,6 +506,7 @@ class KeyValueStore implements Store {
         } catch (err) {
           const failure = new Error(`${this.backend.description}: write failed`, { cause: err });
           for (const w of group.waiters) w.reject(failure);
+          this.fixedLost();
           continue;
         }
         for (const w of group.waiters) w.resolve(w.result);
