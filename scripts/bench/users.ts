@@ -13,6 +13,7 @@ import { Interface, type JsonRpcProvider } from "ethers";
 import { artifact } from "../../src/chain/artifacts.js";
 import { mined, type Deployment } from "../../src/chain/deploy.js";
 import { IN_A_BUNDLE, NodeCore, type StepResult, type WireEnvelope } from "../../src/engine/node-core.js";
+import { paymentKey } from "../../src/node/persist.js";
 import { StepRunner, type WireMessage } from "../../src/node/steps.js";
 import { createTransport, type P2PTransport } from "../../src/p2p/index.js";
 import { balances, newChannel, type ChannelData, type Funding } from "../../src/protocol/channel.js";
@@ -64,6 +65,7 @@ export class BenchUser {
   readonly #store: Store;
   readonly #hub: Address;
   readonly #counters: UserCounters;
+  readonly #outboxPeer: (to: Address) => string;
   readonly #waiters = new Map<string, Waiter>();
   #issued: { resolve(): void; promise: Promise<void> } | null = null;
   /** Transfers completed to this user / by this user. */
@@ -79,14 +81,17 @@ export class BenchUser {
     this.#hub = hub;
     this.#counters = counters;
     this.core = new NodeCore({ signer, verifier, clock: unixNow });
-    const prefix = `u!${this.address}!`;
+    // The daemon's layout (src/node/node.ts) under a short tag per user, as each user's own
+    // store would hold it.
+    const tag = `u${index}!`;
+    this.#outboxPeer = (to) => `${tag}${to}`;
     this.#runner = new StepRunner({
       core: this.core,
       store,
       keys: {
-        transfers: `${prefix}t!`,
-        outboxPeer: (to) => `${this.address}>${to}`,
-        payment: (p) => `${prefix}${p.direction}:${p.paymentId}:${p.channelId}:${p.secretHash ?? "issue"}`,
+        transfers: `${tag}transfer!`,
+        outboxPeer: this.#outboxPeer,
+        payment: (p) => `${tag}${paymentKey(p)}`,
       },
       dispatch: (r, wire) => this.#dispatch(r, wire),
     });
@@ -195,7 +200,7 @@ export class BenchUser {
 
   #dispatch(r: StepResult, wire: readonly WireMessage[]): void {
     for (const w of wire) {
-      const peer = `${this.address}>${w.to}`;
+      const peer = this.#outboxPeer(w.to);
       this.transport.send(w.to, w.encoded).then(
         () => this.#store.ackLater(peer, w.seq),
         () => {

@@ -41,7 +41,7 @@ import {
 import { LevelStore, type Batch, type Encoded, type Store } from "../store/index.js";
 import { createTransport, type P2PTransport } from "../p2p/index.js";
 import { TowerClient } from "../watcher/client.js";
-import { transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
+import { paymentKey, transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
 import { StepRunner, type WireMessage } from "./steps.js";
 import { NodeError } from "./errors.js";
 
@@ -881,11 +881,6 @@ export class StarlingNode {
   }
 }
 
-/** Store key of a finished payment: outgoing by id; incoming by id and the lock (ids are the payer's choice). */
-function paymentKey(p: Pick<OutgoingPayment, "paymentId"> & { direction: "in" | "out"; channelId?: Hex; secretHash?: Hex | null }): string {
-  const id = p.paymentId.toLowerCase();
-  return p.direction === "out" ? `out:${id}` : `in:${id}:${(p.channelId ?? "").toLowerCase()}:${p.secretHash ?? "issue"}`;
-}
 
 /** The stored transfer state; the older one-record form is converted to one record per entry. */
 async function loadTransfers(store: Store): Promise<TransferState | undefined> {

@@ -2,7 +2,8 @@
  * Plain-data forms of the engine's state for the store (the store codec takes plain objects,
  * arrays and bigints; the transfer state keeps Maps for fast lookups).
  */
-import type { LockedTransfer, TransferState } from "../protocol/transfer.js";
+import type { LockedTransfer, OutgoingPayment, TransferState } from "../protocol/transfer.js";
+import type { Hex } from "../protocol/types.js";
 
 type Entries<M> = M extends ReadonlyMap<infer K, infer V> ? [K, V][] : never;
 
@@ -136,4 +137,10 @@ export function transferStateEntries(s: TransferState, prefix: string): { key: s
     for (const [key, value] of s[table] as ReadonlyMap<string, unknown>) out.push({ key: `${prefix}${table}!${key}`, value: storedTransferEntry(table, key, value) });
   }
   return out;
+}
+
+/** Store key of a finished payment: outgoing by id; incoming by id and the lock (ids are the payer's choice). */
+export function paymentKey(p: Pick<OutgoingPayment, "paymentId"> & { direction: "in" | "out"; channelId?: Hex; secretHash?: Hex | null }): string {
+  const id = p.paymentId.toLowerCase();
+  return p.direction === "out" ? `out:${id}` : `in:${id}:${(p.channelId ?? "").toLowerCase()}:${p.secretHash ?? "issue"}`;
 }
