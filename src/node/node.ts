@@ -41,7 +41,7 @@ import {
 import { LevelStore, type Batch, type Encoded, type Store } from "../store/index.js";
 import { createTransport, type P2PTransport } from "../p2p/index.js";
 import { TowerClient } from "../watcher/client.js";
-import { paymentKey, transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
+import { loadedChannel, paymentKey, storedChannel, transferStateEntries, transferStateFromEntries, transferStateFromPlain, type StoredTransferState } from "./persist.js";
 import { StepRunner, type WireMessage } from "./steps.js";
 import { NodeError } from "./errors.js";
 
@@ -229,7 +229,7 @@ export class StarlingNode {
     const store = new LevelStore(dataPath(config, "db"));
     await store.open();
     try {
-      const channels = await store.listChannels<ChannelData>();
+      const channels = (await store.listChannels<unknown>()).map(loadedChannel);
       const transfers = await loadTransfers(store);
       const clock = opts.clock ?? unixNow;
       const live = channels.filter((c) => c.status !== "closed");
@@ -493,7 +493,7 @@ export class StarlingNode {
     );
     this.core.addChannel(c);
     if (this.role === "hub" && this.hubs.has(partner)) this.core.setDefaultRoute(c.config.channelId);
-    await this.store.commit({ channels: [{ channelId: c.config.channelId, record: c }] });
+    await this.store.commit({ channels: [{ channelId: c.config.channelId, record: storedChannel(c) }] });
     this.events.emit("channelChanged", this.summary(c));
     this.log.info({ channelId, partner }, "channel opened");
     if (this.role === "hub" && !this.hubs.has(partner)) {
@@ -533,7 +533,7 @@ export class StarlingNode {
    * after the period and unlocking happen in `watchClosedChannels`.
    */
   private async onClosed(channelId: Hex, closer: Address, closedNonce: bigint): Promise<void> {
-    const c = this.core.channel(channelId) ?? (await this.store.getChannel<ChannelData>(channelId));
+    const c = this.core.channel(channelId) ?? (await this.storedChannel(channelId));
     if (!c) return;
     const { participant1: p1, participant2: p2 } = c.config;
     if (closer !== this.address) {
@@ -563,7 +563,7 @@ export class StarlingNode {
     // Only channels known to be closing or closed are read (a hub has many open ones).
     const closed: ChannelData[] = [];
     for (const id of [...this.ending].sort()) {
-      const c = await this.store.getChannel<ChannelData>(id);
+      const c = await this.storedChannel(id);
       if (c && (c.status === "closed" || c.status === "closing")) closed.push(c);
     }
     for (const c of closed) {
@@ -636,13 +636,13 @@ export class StarlingNode {
   }
 
   async listChannels(): Promise<ChannelSummary[]> {
-    const all = await this.store.listChannels<ChannelData>();
+    const all = (await this.store.listChannels<unknown>()).map(loadedChannel);
     const live = new Map(this.core.channels().map((c) => [c.config.channelId.toLowerCase(), c]));
     return all.map((c) => this.summary(live.get(c.config.channelId.toLowerCase()) ?? c));
   }
 
   async getChannel(channelId: Hex): Promise<ChannelSummary & { onChain: ChannelInfo }> {
-    const c = this.core.channel(channelId) ?? (await this.store.getChannel<ChannelData>(channelId));
+    const c = this.core.channel(channelId) ?? (await this.storedChannel(channelId));
     if (!c) throw new NodeError("NOT_FOUND", `no channel ${channelId}`);
     const onChain = await this.chainClient.getChannel(c.config.participant1, c.config.participant2);
     return { ...this.summary(c), onChain };
@@ -749,7 +749,7 @@ export class StarlingNode {
   }
 
   async settle(channelId: Hex): Promise<{ txHash: string }> {
-    const c = this.core.channel(channelId) ?? (await this.store.getChannel<ChannelData>(channelId));
+    const c = this.core.channel(channelId) ?? (await this.storedChannel(channelId));
     if (!c) throw new NodeError("NOT_FOUND", `no channel ${channelId}`);
     const r = await this.chainClient.settle(channelId, c.config.participant1, c.config.participant2).catch(rethrowChain);
     return { txHash: r.hash };
@@ -875,6 +875,12 @@ export class StarlingNode {
   }
 
   /** The definite share of side `side` in a channel's newest state (exposed for checks). */
+  /** A channel's record as stored (closed channels are no longer in the engine). */
+  private async storedChannel(channelId: string): Promise<ChannelData | undefined> {
+    const stored = await this.store.getChannel<unknown>(channelId);
+    return stored === undefined ? undefined : loadedChannel(stored);
+  }
+
   shareOf(channelId: Hex, side: Side): bigint {
     const c = this.resolveChannel({ channelId });
     return share(c.funding, c.latest.state, side);

@@ -3,7 +3,8 @@
  * arrays and bigints; the transfer state keeps Maps for fast lookups).
  */
 import type { LockedTransfer, OutgoingPayment, TransferState } from "../protocol/transfer.js";
-import type { Hex } from "../protocol/types.js";
+import type { ChannelData, Op, SignedState, StateSignature } from "../protocol/channel.js";
+import type { Hex, Lock } from "../protocol/types.js";
 
 type Entries<M> = M extends ReadonlyMap<infer K, infer V> ? [K, V][] : never;
 
@@ -143,4 +144,84 @@ export function transferStateEntries(s: TransferState, prefix: string): { key: s
 export function paymentKey(p: Pick<OutgoingPayment, "paymentId"> & { direction: "in" | "out"; channelId?: Hex; secretHash?: Hex | null }): string {
   const id = p.paymentId.toLowerCase();
   return p.direction === "out" ? `out:${id}` : `in:${id}:${(p.channelId ?? "").toLowerCase()}:${p.secretHash ?? "issue"}`;
+}
+
+/**
+ * A channel record as stored. Two of its parts repeat others, and are left out when they do
+ * (about a fifth of a record under load); {@link loadedChannel} puts them back:
+ * - the partner's revocation is usually its signature on the newest state: stored as its state
+ *   hash alone when its signature and `revokedBelow` are those of `latest`'s partner signature;
+ * - a proposal's locks are `latest`'s minus the ones its operations remove, plus one per lock
+ *   operation: stored as the indices of the removed ones (`lockDrops`) when they are exactly that.
+ * The config and funding objects are kept as they are (the store writes them apart, by identity).
+ */
+export function storedChannel(c: ChannelData): object {
+  const revocation = storedRevocation(c);
+  const inflight = storedInflight(c);
+  if (revocation === c.partnerRevocation && inflight === c.inflight) return c;
+  return { ...c, partnerRevocation: revocation, inflight };
+}
+
+/** A channel record as {@link storedChannel} stored it (or stored whole), complete again. */
+export function loadedChannel(stored: unknown): ChannelData {
+  const c = stored as ChannelData;
+  let partnerRevocation: ChannelData["partnerRevocation"] = c.partnerRevocation;
+  let inflight: ChannelData["inflight"] = c.inflight;
+  const rev: unknown = partnerRevocation;
+  if (rev && !("signature" in (rev as object))) {
+    const sig = partnerSignature(c);
+    if (!sig) throw new Error(`channel ${c.config.channelId}: its stored revocation refers to a partner signature the newest state lacks`);
+    partnerRevocation = { revokedBelow: sig.revokedBelow, stateHash: (rev as { stateHash: Hex }).stateHash, signature: sig.signature };
+  }
+  if (inflight && "lockDrops" in inflight.next) {
+    const { state, lockDrops, sig1, sig2 } = inflight.next as StoredNext;
+    const kept = c.latest.locks.filter((_, i) => !lockDrops.includes(i));
+    const added = inflight.ops.flatMap((op) => (op.type === "lock" ? [{ sender: c.config.me, amount: op.amount, expiry: op.expiry, secretHash: op.secretHash }] : []));
+    inflight = { ops: inflight.ops, next: { state, locks: [...kept, ...added], sig1, sig2 } };
+  }
+  return partnerRevocation === c.partnerRevocation && inflight === c.inflight ? c : { ...c, partnerRevocation, inflight };
+}
+
+type StoredNext = Omit<SignedState, "locks"> & { lockDrops: number[] };
+
+function partnerSignature(c: ChannelData): StateSignature | null {
+  return c.config.me === 1 ? c.latest.sig2 : c.latest.sig1;
+}
+
+function storedRevocation(c: ChannelData): ChannelData["partnerRevocation"] | { stateHash: Hex } {
+  const r = c.partnerRevocation;
+  const sig = partnerSignature(c);
+  return r && sig && r.signature === sig.signature && r.revokedBelow === sig.revokedBelow ? { stateHash: r.stateHash } : r;
+}
+
+function storedInflight(c: ChannelData): ChannelData["inflight"] | { ops: Op[]; next: StoredNext } {
+  const f = c.inflight;
+  if (!f) return f;
+  const drops = lockDrops(c.latest.locks, f.next.locks, f.ops, c.config.me);
+  if (drops === null) return f;
+  const { state, sig1, sig2 } = f.next;
+  return { ops: f.ops, next: { state, lockDrops: drops, sig1, sig2 } };
+}
+
+const sameLock = (a: Lock, b: Lock): boolean => a === b || (a.sender === b.sender && a.amount === b.amount && a.expiry === b.expiry && a.secretHash === b.secretHash);
+
+/** Indices of `latest`'s locks that `next` lacks, if `next` is the rest of them in order followed by `ops`' new locks; else null. */
+function lockDrops(latest: readonly Lock[], next: readonly Lock[], ops: readonly Op[], proposer: 1 | 2): number[] | null {
+  let added = 0;
+  for (const op of ops) if (op.type === "lock") added++;
+  const nKept = next.length - added;
+  if (nKept < 0) return null;
+  let k = nKept;
+  for (const op of ops) {
+    if (op.type !== "lock") continue;
+    if (!sameLock(next[k]!, { sender: proposer, amount: op.amount, expiry: op.expiry, secretHash: op.secretHash })) return null;
+    k++;
+  }
+  const drops: number[] = [];
+  let j = 0;
+  for (let i = 0; i < latest.length; i++) {
+    if (j < nKept && sameLock(latest[i]!, next[j]!)) j++;
+    else drops.push(i);
+  }
+  return j === nKept ? drops : null;
 }

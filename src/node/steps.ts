@@ -19,7 +19,7 @@ import { bundleByPeer, type NodeCore, type NodeInput, type StepResult, type Wire
 import type { IncomingPayment, OutgoingPayment } from "../protocol/transfer.js";
 import type { Address } from "../protocol/types.js";
 import { Encoded, type Batch, type Store } from "../store/index.js";
-import { storedTransferEntry } from "./persist.js";
+import { storedChannel, storedTransferEntry } from "./persist.js";
 
 /** Where a node's records live in the store. */
 export interface StepKeys {
@@ -178,7 +178,7 @@ export class StepRunner {
 
   #batch(r: StepResult, wire: readonly { to: Address; encoded: Encoded }[]): Batch | null {
     const batch: Batch = {};
-    if (r.persist.channels.length > 0) batch.channels = r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: c }));
+    if (r.persist.channels.length > 0) batch.channels = r.persist.channels.map((c) => ({ channelId: c.config.channelId, record: storedChannel(c) }));
     if (wire.length > 0) batch.outboxAdd = wire.map((o) => ({ peer: this.#keys.outboxPeer(o.to), message: o.encoded }));
     const { transfers, transferChanges } = r.persist;
     if (transfers && transferChanges) {

@@ -348,6 +348,12 @@ type ValueOf<M> = M extends ReadonlyMap<unknown, infer V> ? V : never;
 interface TableWriter<K, V> {
   set(key: K, value: V): unknown;
   delete(key: K): unknown;
+  /**
+   * Sets `key` without reporting it changed: the value is stored with the entry's next reported
+   * change, and a crash before then forgets it. Only for bookkeeping that nothing depends on
+   * surviving a restart.
+   */
+  setUnstored(key: K, value: V): unknown;
 }
 type Writers = { [T in keyof TransferState]: TableWriter<KeyOf<TransferState[T]>, ValueOf<TransferState[T]>> };
 export type TransferTable = keyof TransferState;
@@ -435,6 +441,10 @@ export class TransferLedger {
     const w: TableWriter<string, unknown> = {
       set: (key, value) => this.#change(map, table, key, true, value),
       delete: (key) => this.#change(map, table, key, false, undefined),
+      setUnstored: (key, value) => {
+        this.#log.push({ map, table, key, had: map.has(key), old: map.get(key) });
+        this.#write(map, table, key, true, value);
+      },
     };
     return w as unknown as Writers[T];
   }
@@ -1268,7 +1278,10 @@ function flush(w: Work, settles: boolean): void {
       const key = lockKey(channelId, op.secretHash);
       const s = w.get("sent").get(key);
       if (s && s.metaSentAt === null) {
-        w.mut("sent").set(key, { ...s, metaSentAt: w.now });
+        // The LockedTransfer goes out with this step's messages, from the outbox, which delivers
+        // it after a crash too; metaSentAt only times the resend of a lock that stays locked
+        // (tick), so it needs no write of its own: the lock's next stage carries it.
+        w.mut("sent").setUnstored(key, { ...s, metaSentAt: w.now });
         w.emit({ type: "sendTransfer", to: partner, message: s.meta });
       }
     }
