@@ -606,4 +606,6 @@ function report(): void {
   console.log(json(f));
 }
 
+// Stopped by a signal, exit normally so that the hub's exit handler (scripts/bench/hub.ts) stops it.
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) process.once(signal, () => process.exit(code));
 await main();

@@ -74,6 +74,10 @@ export async function startHub(dir: string, opts: StartHubOptions = {}): Promise
     env: { ...process.env, STARLING_PASSWORD: PASSWORD },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  // The hub is a process of its own: it must not outlive the benchmark (killed or failed).
+  const killHub = (): void => void child.kill("SIGTERM");
+  process.once("exit", killHub);
+  child.once("exit", () => process.off("exit", killHub));
   const log = opts.log ?? [];
   child.stderr.setEncoding("utf8").on("data", (d: string) => {
     for (const line of d.split("\n")) if (line.trim() && log.length < 200) log.push(line);
