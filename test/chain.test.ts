@@ -3,7 +3,7 @@
  * re-broadcast and replacement), ChannelsClient happy paths, and the ChainEvents scanner.
  */
 import { expect } from "chai";
-import { Interface, hexlify, keccak256, randomBytes, AbiCoder, type HDNodeWallet, type TransactionReceipt } from "ethers";
+import { Interface, JsonRpcProvider, hexlify, keccak256, randomBytes, AbiCoder, type HDNodeWallet, type TransactionReceipt } from "ethers";
 import { startDevnet, type Devnet } from "../src/chain/devnet.js";
 import { artifact } from "../src/chain/artifacts.js";
 import { TYPES, typedDataDomain } from "../src/chain/typed-data.js";
@@ -14,6 +14,10 @@ import { ChainEvents, memoryCursor, type ChainEvent } from "../src/chain/events.
 import type { Address, ChannelState, Hex } from "../src/protocol/types.js";
 import type { StateSignature } from "../src/protocol/channel.js";
 import { mined } from "../src/chain/deploy.js";
+import { startAnvil } from "../src/chain/anvil.js";
+import { existsSync, readdirSync } from "node:fs";
+import { homedir } from "node:os";
+import { join } from "node:path";
 
 const PERIOD = 600;
 const ZERO32 = `0x${"00".repeat(32)}` as Hex;
@@ -455,5 +459,29 @@ describe("mined (waiting for a receipt by polling)", function () {
       (err: Error) => expect(err.message).to.match(/not mined within 100 ms/),
     );
     expect(Date.now() - t0).to.be.at.least(100);
+  });
+});
+
+describe("the embedded chain's disk use", function () {
+  this.timeout(60_000);
+
+  it("leaves no block states on disk after thousands of blocks (anvil keeps recent ones in memory)", async () => {
+    const tmp = join(homedir(), ".foundry", "anvil", "tmp");
+    const states = (): string[] => (existsSync(tmp) ? readdirSync(tmp) : []);
+    const before = new Set(states());
+    const anvil = await startAnvil();
+    try {
+      const rpc = new JsonRpcProvider(anvil.url, undefined, { staticNetwork: true });
+      // Enough blocks that anvil without --prune-history writes older states to disk.
+      for (let i = 0; i < 30; i++) await rpc.send("anvil_mine", ["0x64"]);
+      const head = await rpc.getBlockNumber();
+      expect(head).to.equal(3000);
+      // Recent states stay queryable: a call at the block before the newest.
+      expect(await rpc.getBalance("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", head - 1) > 0n).to.equal(true);
+      rpc.destroy();
+    } finally {
+      await anvil.stop();
+    }
+    expect(states().filter((d) => !before.has(d))).to.deep.equal([]);
   });
 });

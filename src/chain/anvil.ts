@@ -50,6 +50,9 @@ export function anvilBinary(): string {
   return bin;
 }
 
+/** Block states anvil keeps (in memory) for calls at past blocks. */
+const RECENT_STATES = 256;
+
 /** Starts anvil on 127.0.0.1 and resolves once it listens. */
 export async function startAnvil(options: AnvilOptions = {}): Promise<Anvil> {
   const chainId = options.chainId ?? 31337;
@@ -60,6 +63,11 @@ export async function startAnvil(options: AnvilOptions = {}): Promise<Anvil> {
     "--accounts", String(options.accounts ?? 10),
     "--mnemonic", DEV_MNEMONIC,
   ];
+  // The states of the newest blocks are kept in memory and none on disk: without this anvil
+  // writes older states to ~/.foundry/anvil/tmp and never removes them (about 500 MB per
+  // benchmark run). Calls at a recent block (a reverted transaction replayed at the block before
+  // its own, in src/chain/tx-sender.ts) stay possible.
+  args.push("--prune-history", String(RECENT_STATES));
   if (options.blockTime !== undefined) args.push("--block-time", String(options.blockTime));
   if (options.stateFile) args.push("--state", options.stateFile);
   // Not --silent: the "Listening on" line is how the chosen port is learnt.
