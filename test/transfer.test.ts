@@ -54,6 +54,15 @@ class World {
   }
 }
 
+/** A hub and `n` users, each with a channel to it (100,000 on each side). */
+function star(n: number): { w: World; hub: NodeCore; users: NodeCore[] } {
+  const w = new World();
+  const hub = w.node();
+  const users = Array.from({ length: n }, () => w.node());
+  for (const u of users) w.open(u, hub, 100_000n, 100_000n);
+  return { w, hub, users };
+}
+
 function mine(node: NodeCore, channelId: Hex): bigint {
   const c = node.channel(channelId)!;
   return share(c.funding, c.latest.state, c.config.me);
@@ -875,10 +884,7 @@ describe("multi-hop and load", function () {
 
   it("each step reports exactly the transfer-state entries it changed; snapshots stay as they were", function () {
     this.timeout(60_000);
-    const w = new World();
-    const hub = w.node();
-    const users = [w.node(), w.node(), w.node()];
-    for (const u of users) w.open(u, hub, 100_000n, 100_000n);
+    const { w, hub, users } = star(3);
     // Mirror the hub's state from the per-entry changes alone, as the store does.
     const mirror = new Map<string, unknown>();
     const handle = hub.handle.bind(hub);
@@ -942,10 +948,7 @@ describe("multi-hop and load", function () {
 
   it("channel records round-trip through their stored form, which leaves out what repeats", function () {
     this.timeout(60_000);
-    const w = new World();
-    const hub = w.node();
-    const users = [w.node(), w.node(), w.node()];
-    for (const u of users) w.open(u, hub, 100_000n, 100_000n);
+    const { w, hub, users } = star(3);
     const seen = { checked: 0, revocation: 0, lockDrops: 0, dropped: 0, whole: 0 };
     const check = (): void => {
       for (const node of [hub, ...users]) {
