@@ -15,6 +15,7 @@ import type { Address, ChannelState, Hex } from "../src/protocol/types.js";
 import type { StateSignature } from "../src/protocol/channel.js";
 import { mined } from "../src/chain/deploy.js";
 import { startAnvil } from "../src/chain/anvil.js";
+import { spawn } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -462,8 +463,32 @@ describe("mined (waiting for a receipt by polling)", function () {
   });
 });
 
-describe("the embedded chain's disk use", function () {
+describe("the embedded chain's leftovers", function () {
   this.timeout(60_000);
+
+  it("stops with the process that started it, also one that fails without stopping it", async () => {
+    const script = `import { startAnvil } from ${JSON.stringify(new URL("../src/chain/anvil.ts", import.meta.url).href)};
+      const a = await startAnvil(); console.log(a.process.pid); throw new Error("crash");`;
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+    expect(code).to.not.equal(0);
+    const pid = Number(out.trim());
+    expect(pid).to.be.greaterThan(0);
+    const alive = (): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 50 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
+    const running = alive();
+    if (running) process.kill(pid, "SIGKILL");
+    expect(running, "anvil still running").to.equal(false);
+  });
 
   it("leaves no block states on disk after thousands of blocks (anvil keeps recent ones in memory)", async () => {
     const tmp = join(homedir(), ".foundry", "anvil", "tmp");

@@ -72,6 +72,10 @@ export async function startAnvil(options: AnvilOptions = {}): Promise<Anvil> {
   if (options.stateFile) args.push("--state", options.stateFile);
   // Not --silent: the "Listening on" line is how the chosen port is learnt.
   const child = spawn(anvilBinary(), args, { stdio: ["ignore", "pipe", "pipe"] });
+  // The chain must not outlive the process that started it (killed, or exiting without stop()).
+  const killChain = (): void => void child.kill("SIGTERM");
+  process.once("exit", killChain);
+  child.once("exit", () => process.off("exit", killChain));
   const port = await new Promise<number>((resolve, reject) => {
     let out = "";
     const timer = setTimeout(() => {

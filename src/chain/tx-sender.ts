@@ -16,6 +16,7 @@ import {
   type TransactionReceipt,
   type TransactionRequest,
 } from "ethers";
+import { setMaxListeners } from "node:events";
 import { ChainError, errorInterface, isNetworkError, shortMessage, toChainError } from "./errors.js";
 import type { Address, Hex } from "../protocol/types.js";
 
@@ -118,6 +119,10 @@ export class TxSender {
     const provider = options.provider ?? wallet.provider;
     if (!(provider instanceof JsonRpcApiProvider)) throw new ChainError("INVALID_ARGUMENT", "TxSender needs a JSON-RPC provider");
     this.provider = provider;
+    // Every transaction being waited for listens on this signal while it sleeps, and removes its
+    // listener when it wakes: a hub crediting a thousand new channels has more than Node's
+    // default of ten at once, which is not a leak.
+    setMaxListeners(Infinity, this.abort.signal);
     this.address = wallet.address as Address;
     this.errors = options.errors ?? errorInterface();
     this.confirmations = Math.max(1, options.confirmations ?? 1);
