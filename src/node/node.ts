@@ -21,7 +21,9 @@ import { NodeCore, type NodeInput, type StepResult, type NodeEvent, type WireEnv
 import {
   balances as channelBalances,
   newChannel,
+  other,
   share,
+  sigOf,
   type ChannelData,
   type Funding,
   type Side,
@@ -229,7 +231,7 @@ export class StarlingNode {
     const store = new LevelStore(dataPath(config, "db"));
     await store.open();
     try {
-      const channels = (await store.listChannels<unknown>()).map(loadedChannel);
+      const channels = await storedChannels(store);
       const transfers = await loadTransfers(store);
       const clock = opts.clock ?? unixNow;
       const live = channels.filter((c) => c.status !== "closed");
@@ -636,7 +638,7 @@ export class StarlingNode {
   }
 
   async listChannels(): Promise<ChannelSummary[]> {
-    const all = (await this.store.listChannels<unknown>()).map(loadedChannel);
+    const all = await storedChannels(this.store);
     const live = new Map(this.core.channels().map((c) => [c.config.channelId.toLowerCase(), c]));
     return all.map((c) => this.summary(live.get(c.config.channelId.toLowerCase()) ?? c));
   }
@@ -740,7 +742,7 @@ export class StarlingNode {
       throw new NodeError("TIMEOUT", `the partner did not sign the cooperative close within ${timeoutMs} ms; the request stands and completes when the partner signs it, or use force to close unilaterally`);
     }
     const latest = this.core.channel(channelId)?.latest ?? c.latest;
-    const partnerSig = c.config.me === 1 ? latest.sig2 : latest.sig1;
+    const partnerSig = sigOf(latest, other(c.config.me));
     await this.chainClient
       .close(channelId, this.partnerOf(c), latest.state, partnerSig ?? { revokedBelow: 0n, signature: "0x" })
       .catch(rethrowChain);
@@ -874,19 +876,23 @@ export class StarlingNode {
     return { onChain, channels, available, locked };
   }
 
-  /** The definite share of side `side` in a channel's newest state (exposed for checks). */
   /** A channel's record as stored (closed channels are no longer in the engine). */
   private async storedChannel(channelId: string): Promise<ChannelData | undefined> {
     const stored = await this.store.getChannel<unknown>(channelId);
     return stored === undefined ? undefined : loadedChannel(stored);
   }
 
+  /** The definite share of side `side` in a channel's newest state (exposed for checks). */
   shareOf(channelId: Hex, side: Side): bigint {
     const c = this.resolveChannel({ channelId });
     return share(c.funding, c.latest.state, side);
   }
 }
 
+/** Every stored channel record, complete (src/node/persist.ts). */
+async function storedChannels(store: Store): Promise<ChannelData[]> {
+  return (await store.listChannels<unknown>()).map(loadedChannel);
+}
 
 /** The stored transfer state; the older one-record form is converted to one record per entry. */
 async function loadTransfers(store: Store): Promise<TransferState | undefined> {

@@ -3,7 +3,7 @@
  * arrays and bigints; the transfer state keeps Maps for fast lookups).
  */
 import type { LockedTransfer, OutgoingPayment, TransferState } from "../protocol/transfer.js";
-import type { ChannelData, Op, SignedState, StateSignature } from "../protocol/channel.js";
+import { lockOf, other, sigOf, type ChannelData, type Op, type SignedState, type StateSignature } from "../protocol/channel.js";
 import type { Hex, Lock } from "../protocol/types.js";
 
 type Entries<M> = M extends ReadonlyMap<infer K, infer V> ? [K, V][] : never;
@@ -176,7 +176,7 @@ export function loadedChannel(stored: unknown): ChannelData {
   if (inflight && "lockDrops" in inflight.next) {
     const { state, lockDrops, sig1, sig2 } = inflight.next as StoredNext;
     const kept = c.latest.locks.filter((_, i) => !lockDrops.includes(i));
-    const added = inflight.ops.flatMap((op) => (op.type === "lock" ? [{ sender: c.config.me, amount: op.amount, expiry: op.expiry, secretHash: op.secretHash }] : []));
+    const added = inflight.ops.flatMap((op) => (op.type === "lock" ? [lockOf(op, c.config.me)] : []));
     inflight = { ops: inflight.ops, next: { state, locks: [...kept, ...added], sig1, sig2 } };
   }
   return partnerRevocation === c.partnerRevocation && inflight === c.inflight ? c : { ...c, partnerRevocation, inflight };
@@ -185,7 +185,7 @@ export function loadedChannel(stored: unknown): ChannelData {
 type StoredNext = Omit<SignedState, "locks"> & { lockDrops: number[] };
 
 function partnerSignature(c: ChannelData): StateSignature | null {
-  return c.config.me === 1 ? c.latest.sig2 : c.latest.sig1;
+  return sigOf(c.latest, other(c.config.me));
 }
 
 function storedRevocation(c: ChannelData): ChannelData["partnerRevocation"] | { stateHash: Hex } {
@@ -214,7 +214,7 @@ function lockDrops(latest: readonly Lock[], next: readonly Lock[], ops: readonly
   let k = nKept;
   for (const op of ops) {
     if (op.type !== "lock") continue;
-    if (!sameLock(next[k]!, { sender: proposer, amount: op.amount, expiry: op.expiry, secretHash: op.secretHash })) return null;
+    if (!sameLock(next[k]!, lockOf(op, proposer))) return null;
     k++;
   }
   const drops: number[] = [];

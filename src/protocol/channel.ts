@@ -297,6 +297,11 @@ export function newChannel(config: ChannelConfig, funding: Funding): ChannelData
 }
 
 /** The nonce the next proposal of either side must carry. */
+/** The pending lock a lock operation by `sender` adds. */
+export function lockOf(op: Extract<Op, { type: "lock" }>, sender: Side): Lock {
+  return { sender, amount: op.amount, expiry: op.expiry, secretHash: op.secretHash };
+}
+
 export function nextNonce(c: ChannelData): bigint {
   return (c.latest.state.nonce > c.burnt ? c.latest.state.nonce : c.burnt) + 1n;
 }
@@ -424,7 +429,7 @@ function applyOpsTo(c: ChannelData, ops: readonly Op[], proposer: Side, deps: De
         }
         if (locks.length >= policy.maxLocks) return bad("TOO_MANY_LOCKS", `at most ${policy.maxLocks} pending locks`);
         spendable -= op.amount;
-        locks.push({ sender: proposer, amount: op.amount, expiry: op.expiry, secretHash: op.secretHash });
+        locks.push(lockOf(op, proposer));
         if (proposer === 1) locked1 += op.amount;
         else locked2 += op.amount;
         break;
@@ -512,6 +517,11 @@ function verifyDigest(digest: Uint8Array, signature: Hex, signer: Address, deps:
 
 const participant = (c: ChannelData, side: Side): Address =>
   side === 1 ? c.config.participant1 : c.config.participant2;
+
+/** Side `side`'s signature on a state, if it has signed. */
+export function sigOf(signed: SignedState, side: Side): StateSignature | null {
+  return side === 1 ? signed.sig1 : signed.sig2;
+}
 
 function withSig(signed: SignedState, side: Side, sig: StateSignature): SignedState {
   return side === 1 ? { ...signed, sig1: sig } : { ...signed, sig2: sig };
@@ -1021,7 +1031,7 @@ export function disputeKit(c: ChannelData): { latest: SignedState; partnerSignat
   const them = other(c.config.me);
   return {
     latest: c.latest,
-    partnerSignature: them === 1 ? c.latest.sig1 : c.latest.sig2,
+    partnerSignature: sigOf(c.latest, them),
     revocation: c.partnerRevocation,
   };
 }

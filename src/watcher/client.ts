@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from "node:events";
 import type { P2PTransport } from "../p2p/index.js";
-import { other, type ChannelData, type StateSignature } from "../protocol/channel.js";
+import { other, sigOf, type ChannelData, type StateSignature } from "../protocol/channel.js";
 import { normalizeAddress, ZERO_HASH } from "../protocol/eip712.js";
 import type { Address, ChannelState, Hex } from "../protocol/types.js";
 import type { Signer } from "../signer/types.js";
@@ -67,7 +67,7 @@ function initialState(channelId: Hex): ChannelState {
 }
 
 function ownSignature(c: ChannelData): StateSignature | null {
-  return c.config.me === 1 ? c.latest.sig1 : c.latest.sig2;
+  return sigOf(c.latest, c.config.me);
 }
 
 /**
