@@ -387,5 +387,10 @@ describe("keccak256", () => {
     // A view into a larger buffer hashes only its own bytes.
     const big = Uint8Array.from({ length: 100 }, (_, i) => i);
     expect(Buffer.from(starlingKeccak(big.subarray(10, 42))).toString("hex")).to.equal(keccak256(big.subarray(10, 42)).slice(2));
+    // Each digest is its own array: a later hash does not change an earlier one.
+    const first = starlingKeccak(Uint8Array.of(1));
+    const copy = Uint8Array.from(first);
+    starlingKeccak(Uint8Array.of(2));
+    expect(first).to.deep.equal(copy);
   });
 });
