@@ -231,7 +231,7 @@ export class StarlingNode {
     const store = new LevelStore(dataPath(config, "db"));
     await store.open();
     try {
-      const channels = await storedChannels(store);
+      const channels = await readChannels(store);
       const transfers = await loadTransfers(store);
       const clock = opts.clock ?? unixNow;
       const live = channels.filter((c) => c.status !== "closed");
@@ -535,7 +535,7 @@ export class StarlingNode {
    * after the period and unlocking happen in `watchClosedChannels`.
    */
   private async onClosed(channelId: Hex, closer: Address, closedNonce: bigint): Promise<void> {
-    const c = this.core.channel(channelId) ?? (await this.storedChannel(channelId));
+    const c = this.core.channel(channelId) ?? (await this.readChannel(channelId));
     if (!c) return;
     const { participant1: p1, participant2: p2 } = c.config;
     if (closer !== this.address) {
@@ -565,7 +565,7 @@ export class StarlingNode {
     // Only channels known to be closing or closed are read (a hub has many open ones).
     const closed: ChannelData[] = [];
     for (const id of [...this.ending].sort()) {
-      const c = await this.storedChannel(id);
+      const c = await this.readChannel(id);
       if (c && (c.status === "closed" || c.status === "closing")) closed.push(c);
     }
     for (const c of closed) {
@@ -638,13 +638,13 @@ export class StarlingNode {
   }
 
   async listChannels(): Promise<ChannelSummary[]> {
-    const all = await storedChannels(this.store);
+    const all = await readChannels(this.store);
     const live = new Map(this.core.channels().map((c) => [c.config.channelId.toLowerCase(), c]));
     return all.map((c) => this.summary(live.get(c.config.channelId.toLowerCase()) ?? c));
   }
 
   async getChannel(channelId: Hex): Promise<ChannelSummary & { onChain: ChannelInfo }> {
-    const c = this.core.channel(channelId) ?? (await this.storedChannel(channelId));
+    const c = this.core.channel(channelId) ?? (await this.readChannel(channelId));
     if (!c) throw new NodeError("NOT_FOUND", `no channel ${channelId}`);
     const onChain = await this.chainClient.getChannel(c.config.participant1, c.config.participant2);
     return { ...this.summary(c), onChain };
@@ -751,7 +751,7 @@ export class StarlingNode {
   }
 
   async settle(channelId: Hex): Promise<{ txHash: string }> {
-    const c = this.core.channel(channelId) ?? (await this.storedChannel(channelId));
+    const c = this.core.channel(channelId) ?? (await this.readChannel(channelId));
     if (!c) throw new NodeError("NOT_FOUND", `no channel ${channelId}`);
     const r = await this.chainClient.settle(channelId, c.config.participant1, c.config.participant2).catch(rethrowChain);
     return { txHash: r.hash };
@@ -877,7 +877,7 @@ export class StarlingNode {
   }
 
   /** A channel's record as stored (closed channels are no longer in the engine). */
-  private async storedChannel(channelId: string): Promise<ChannelData | undefined> {
+  private async readChannel(channelId: string): Promise<ChannelData | undefined> {
     const stored = await this.store.getChannel<unknown>(channelId);
     return stored === undefined ? undefined : loadedChannel(stored);
   }
@@ -890,7 +890,7 @@ export class StarlingNode {
 }
 
 /** Every stored channel record, complete (src/node/persist.ts). */
-async function storedChannels(store: Store): Promise<ChannelData[]> {
+async function readChannels(store: Store): Promise<ChannelData[]> {
   return (await store.listChannels<unknown>()).map(loadedChannel);
 }
 

@@ -296,12 +296,12 @@ export function newChannel(config: ChannelConfig, funding: Funding): ChannelData
   };
 }
 
-/** The nonce the next proposal of either side must carry. */
 /** The pending lock a lock operation by `sender` adds. */
 export function lockOf(op: Extract<Op, { type: "lock" }>, sender: Side): Lock {
   return { sender, amount: op.amount, expiry: op.expiry, secretHash: op.secretHash };
 }
 
+/** The nonce the next proposal of either side must carry. */
 export function nextNonce(c: ChannelData): bigint {
   return (c.latest.state.nonce > c.burnt ? c.latest.state.nonce : c.burnt) + 1n;
 }
