@@ -12,7 +12,8 @@
  *            --profile DIR (V8 CPU profile of the hub into DIR)  --keep (keep data dirs)
  *            --latency-samples N (one-at-a-time payments measured, default 250 quick / 1,000 full,
  *            after 400 / 1,500 unmeasured ones)  --skip-payments  --skip-scale  --skip-gas
- *            --only latency|throughput (of the payments, only that part: to profile one path)
+ *            --only latency|throughput|loaded (of the payments, only that part: to profile one path;
+ *            loaded: only the open-loop run, at --loaded-rate, on channels that carried no load before)
  *
  * What is measured (docs/performance.md explains each figure and how to reproduce it):
  *   throughput   payers pay payees A -> hub -> B with a fixed number of payments in flight each
@@ -90,7 +91,8 @@ const CFG = {
 if (CFG.threads * 2 > CFG.users) throw new Error(`--threads ${CFG.threads} needs at least ${CFG.threads * 2} users (--users ${CFG.users})`);
 const profileDir = option("--profile");
 const ONLY = option("--only");
-if (ONLY !== undefined && ONLY !== "latency" && ONLY !== "throughput") throw new Error(`--only takes latency or throughput, got ${ONLY}`);
+if (ONLY !== undefined && ONLY !== "latency" && ONLY !== "throughput" && ONLY !== "loaded") throw new Error(`--only takes latency, throughput or loaded, got ${ONLY}`);
+if (ONLY === "loaded" && CFG.loadedRate === undefined) throw new Error("--only loaded needs --loaded-rate N (no throughput run to take half of)");
 
 const log = (msg: string): void => {
   const line = `[bench ${((performance.now() - T0) / 1000).toFixed(1).padStart(5)}s] ${msg}`;
@@ -255,13 +257,16 @@ interface OpenLoopResult {
   hubEventLoopDelayP99Ms: number;
   /** The hub's LevelDB level-0 files (its compaction backlog) before and after the run. */
   hubLevel0Files: [number, number];
+  /** What the hub did per payment: signatures made, signatures checked (recoveries), store commits (one per engine step). */
+  hubPerPayment: { signatures: number; recoveries: number; commits: number };
 }
 
 /** Payments started at `rate` per second in all (each shard its share, round robin over its pairs). */
 async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: number, hub: HubProcess): Promise<OpenLoopResult> {
   // Scraping the hub's metrics also restarts its event-loop delay histogram: the one after the
   // run covers the run.
-  const level0Before = (await hubMetrics(hub.metricsPort))["starling_store_level0_files"] ?? NaN;
+  const hubBefore = await hubMetrics(hub.metricsPort);
+  const level0Before = hubBefore["starling_store_level0_files"] ?? NaN;
   const hubPid = hub.pid;
   const cpuHub0 = cpuSeconds(hubPid);
   const cpuLoad0 = process.cpuUsage();
@@ -269,6 +274,7 @@ async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: num
   const cl = process.cpuUsage(cpuLoad0);
   const hubAfter = await hubMetrics(hub.metricsPort);
   const latencies = runs.flatMap((r) => r.latencies);
+  const perPayment = (k: string): number => round(((hubAfter[k] ?? 0) - (hubBefore[k] ?? 0)) / Math.max(1, latencies.length), 2);
   const cpuMsPerPayment = {
     hubMs: round(((cpuSeconds(hubPid) - cpuHub0) * 1000) / Math.max(1, latencies.length), 3),
     loadGeneratorMs: round((cl.user + cl.system) / 1000 / Math.max(1, latencies.length), 3),
@@ -281,6 +287,11 @@ async function openLoopRun(shards: readonly ShardClient[], rate: number, ms: num
     eventLoopDelayP99Ms: Math.max(...runs.map((r) => r.eventLoopDelayP99Ms)),
     hubEventLoopDelayP99Ms: (hubAfter["nodejs_eventloop_lag_p99_seconds"] ?? NaN) * 1000,
     hubLevel0Files: [level0Before, hubAfter["starling_store_level0_files"] ?? NaN],
+    hubPerPayment: {
+      signatures: perPayment("starling_signatures_total"),
+      recoveries: perPayment("starling_signature_recoveries_total"),
+      commits: perPayment("starling_store_commits_total"),
+    },
   };
 }
 
@@ -334,7 +345,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     await Promise.all(shards.map((s) => s.call("markBalances")));
 
     // ---- latency, one at a time (one pair of the first shard; the others only tick)
-    if (ONLY !== "throughput") {
+    if (ONLY !== "throughput" && ONLY !== "loaded") {
       await shards[0]!.call("latency", CFG.latencyWarmup);
       const latCpuHub0 = cpuSeconds(hub.pid);
       const latCpuLoad0 = process.cpuUsage();
@@ -359,6 +370,10 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
 
     if (ONLY === "latency") {
       await settleCheck(shards);
+      return;
+    }
+    if (ONLY === "loaded") {
+      await loadedOnly(shards, hub, CFG.loadedRate!);
       return;
     }
 
@@ -414,16 +429,18 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     figures.loadedLatencyP50Ms = round(percentile(loadedSorted, 50));
     figures.loadedLatencyP99Ms = round(percentile(loadedSorted, 99));
     figures.loadedCpuMsPerPayment = loaded.cpuMsPerPayment;
+    figures.loadedHubPerPayment = loaded.hubPerPayment;
     figures.loadedHubLevel0Files = loaded.hubLevel0Files;
     log(
       `at ${figures.loadedRate}/s (${CFG.loadedRate === undefined ? "half the maximum" : "--loaded-rate"}): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}; ` +
         `CPU per payment hub ${loaded.cpuMsPerPayment.hubMs} ms, load generator ${loaded.cpuMsPerPayment.loadGeneratorMs} ms; ` +
+        `per payment the hub signed ${loaded.hubPerPayment.signatures}, checked ${loaded.hubPerPayment.recoveries}, committed ${loaded.hubPerPayment.commits} steps; ` +
         `event-loop delay p99: hub ${loaded.hubEventLoopDelayP99Ms.toFixed(1)} ms, load generator ${loaded.eventLoopDelayP99Ms.toFixed(1)} ms; hub level-0 files ${loaded.hubLevel0Files.join(" -> ")}`,
     );
 
     // ---- the rate up to which latency stays within the half-load target (full run only: time)
     if (CFG.boundedMs > 0) {
-      const tried: { rate: number; p50Ms: number; p99Ms: number; failed: number; cpuMsPerPayment: OpenLoopResult["cpuMsPerPayment"]; hubEventLoopDelayP99Ms: number; hubLevel0Files: [number, number] }[] = [];
+      const tried: { rate: number; p50Ms: number; p99Ms: number; failed: number; cpuMsPerPayment: OpenLoopResult["cpuMsPerPayment"]; hubEventLoopDelayP99Ms: number; hubLevel0Files: [number, number]; hubPerPayment: OpenLoopResult["hubPerPayment"] }[] = [];
       let met: number | null = null;
       for (let r = halfRate / 2; r >= 10 && met === null; r /= 2) {
         const run = await openLoopRun(shards, r, CFG.boundedMs, hub);
@@ -436,6 +453,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
           cpuMsPerPayment: run.cpuMsPerPayment,
           hubEventLoopDelayP99Ms: round(run.hubEventLoopDelayP99Ms),
           hubLevel0Files: run.hubLevel0Files,
+          hubPerPayment: run.hubPerPayment,
         };
         tried.push(row);
         log(
@@ -475,6 +493,31 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     await Promise.all(shards.map((s) => s.close()));
     await hub?.stop();
   }
+}
+
+/**
+ * `--only loaded`: the open-loop run alone at `rate`, on a system that carried no load before (no
+ * throughput run, hence no compaction or old-generation garbage left from one): what unbatched
+ * payments cost at that rate, to compare builds.
+ */
+async function loadedOnly(shards: readonly ShardClient[], hub: HubProcess, rate: number): Promise<void> {
+  // A short run first, unmeasured: until V8 has optimised the unbatched path in both processes.
+  await openLoopRun(shards, rate, Math.min(CFG.loadedMs, 5000), hub);
+  const run = await openLoopRun(shards, rate, CFG.loadedMs, hub);
+  const sorted = sortNum(run.latencies);
+  figures.loadedRate = round(rate, 0);
+  figures.loadedLatencyP50Ms = round(percentile(sorted, 50));
+  figures.loadedLatencyP99Ms = round(percentile(sorted, 99));
+  figures.loadedCpuMsPerPayment = run.cpuMsPerPayment;
+  figures.loadedEventLoopDelayP99Ms = { hub: round(run.hubEventLoopDelayP99Ms), loadGenerator: round(run.eventLoopDelayP99Ms) };
+  figures.loadedHubPerPayment = run.hubPerPayment;
+  log(
+    `at ${figures.loadedRate}/s (--only loaded): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${run.failed} failed of ${run.started}; ` +
+      `CPU per payment hub ${run.cpuMsPerPayment.hubMs} ms, load generator ${run.cpuMsPerPayment.loadGeneratorMs} ms; ` +
+      `per payment the hub signed ${run.hubPerPayment.signatures}, checked ${run.hubPerPayment.recoveries}, committed ${run.hubPerPayment.commits} steps; ` +
+      `event-loop delay p99: hub ${run.hubEventLoopDelayP99Ms.toFixed(1)} ms, load generator ${run.eventLoopDelayP99Ms.toFixed(1)} ms`,
+  );
+  await settleCheck(shards);
 }
 
 /**

@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import { randomBytes } from "node:crypto";
 import { LocalNetwork, openLocalChannel, type Wire } from "../src/engine/local-network.js";
-import { IN_A_BUNDLE, MAX_BUNDLE_MESSAGES, NodeCore, bundleByPeer, tickSliceOf, type Envelope } from "../src/engine/node-core.js";
+import { IN_A_BUNDLE, MAX_BUNDLE_MESSAGES, NodeCore, REVOKE_IDLE_SECONDS, bundleByPeer, tickSliceOf, type Envelope } from "../src/engine/node-core.js";
 import { capacity, sameState, share, type ChannelData, type ChannelMessage } from "../src/protocol/channel.js";
 import { bytesToHex, secretHash } from "../src/protocol/eip712.js";
 import { TransferLedger, lockKey, newTransferState, signSecretRequest, type LockedTransfer, type SecretRequest, type SecretReveal, type TransferState } from "../src/protocol/transfer.js";
@@ -1114,6 +1114,54 @@ describe("multi-hop and load", function () {
   });
 });
 
+/** The channels whose explicit Revoke is among `sends`. */
+const revoked = (sends: readonly { envelope: Envelope }[]): Hex[] =>
+  sends.flatMap((s) => (s.envelope.kind === "channel" && s.envelope.message.type === "Revoke" ? [s.envelope.message.channelId] : []));
+
+describe("explicit revocations: only for a channel left idle", function () {
+  it("a channel in use revokes on its next proposal; one idle for REVOKE_IDLE_SECONDS gets a Revoke, once", () => {
+    const w = new World();
+    const [hub, u] = [w.node(), w.node()];
+    const id = w.open(hub, u);
+    const issue = () => expect(w.net.submit(hub.address, { type: "issue", paymentId: rand32(), target: u.address, amount: 1n }).ok).to.equal(true);
+    issue();
+    w.net.run();
+    // The hub's revocation of the state before its proposal is still owed.
+    expect(hub.channel(id)!.myRevokedBelow < hub.channel(id)!.latest.state.nonce).to.equal(true);
+    for (let s = 1n; s < REVOKE_IDLE_SECONDS; s++) {
+      w.net.advance(1n);
+      expect(revoked(w.net.tick(hub.address).send), `no Revoke ${s} s after the update`).to.deep.equal([]);
+    }
+    // Used again within the window: the next proposal revokes below the newest state itself.
+    const before = hub.channel(id)!.latest.state.nonce;
+    issue();
+    w.net.run();
+    expect(hub.channel(id)!.myRevokedBelow).to.equal(before);
+    expect(w.net.tick(hub.address).send, "nothing owed that has waited long enough").to.deep.equal([]);
+    // Left idle: one explicit Revoke of everything below the newest state, then none.
+    w.net.advance(REVOKE_IDLE_SECONDS);
+    const r = w.net.tick(hub.address);
+    expect(revoked(r.send)).to.deep.equal([id]);
+    w.net.run();
+    expect(hub.channel(id)!.myRevokedBelow).to.equal(hub.channel(id)!.latest.state.nonce);
+    expect(u.channel(id)!.partnerRevocation?.revokedBelow).to.equal(hub.channel(id)!.latest.state.nonce);
+    w.net.advance(REVOKE_IDLE_SECONDS);
+    expect(revoked(w.net.tick(hub.address).send)).to.deep.equal([]);
+    expect(w.net.rejected).to.deep.equal([]);
+  });
+
+  it("after a restart a channel with a revocation owed counts as idle", () => {
+    const w = new World();
+    const [hub, u] = [w.node(), w.node()];
+    const id = w.open(hub, u);
+    expect(w.net.submit(hub.address, { type: "issue", paymentId: rand32(), target: u.address, amount: 1n }).ok).to.equal(true);
+    w.net.run();
+    const signer = w.signers.get(hub.address)!;
+    const restarted = new NodeCore({ signer, verifier: backend.verifier, clock: w.net.clock, channels: [hub.channel(id)!] });
+    expect(revoked(restarted.handle({ type: "tick" }).send)).to.deep.equal([id]);
+  });
+});
+
 describe("tick slices: the once-a-second tick in shorter steps", function () {
   it("covers each channel in exactly one slice and sends what one whole tick sends", () => {
     const build = () => {
@@ -1125,11 +1173,9 @@ describe("tick slices: the once-a-second tick in shorter steps", function () {
       // its previous state not yet revoked by the hub.
       for (const u of users) expect(w.net.submit(hub.address, { type: "issue", paymentId: rand32(), target: u.address, amount: 1n }).ok).to.equal(true);
       w.net.run();
-      w.net.advance(1n);
+      w.net.advance(REVOKE_IDLE_SECONDS);
       return { w, hub, ids };
     };
-    const revoked = (sends: readonly { envelope: Envelope }[]): Hex[] =>
-      sends.flatMap((s) => (s.envelope.kind === "channel" && s.envelope.message.type === "Revoke" ? [s.envelope.message.channelId] : []));
 
     const whole = build();
     const all = revoked(whole.w.net.submit(whole.hub.address, { type: "tick" }).send);

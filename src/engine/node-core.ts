@@ -208,7 +208,19 @@ export interface NodeCoreOptions {
   maxHops?: number;
   /** Finished payments kept in memory for lookups (default 10,000); older ones live in the store. */
   recentPayments?: number;
+  /** How long a channel stays without an update before its revocation goes in a message of its own (default {@link REVOKE_IDLE_SECONDS}). */
+  revokeIdleSeconds?: bigint;
 }
+
+/**
+ * A channel's last revocation rides on this node's next signature in it; only a channel left
+ * without an update this long gets an explicit Revoke at a tick. Until then the partner is safe
+ * (it holds the newer state fully signed, which overrides the unrevoked one on chain: DESIGN,
+ * "Off-chain protocol"); meanwhile a channel in use sends none, where a revocation per update
+ * would be one more signature, message, acknowledgement and write on both sides for each
+ * payment that does not share its update.
+ */
+export const REVOKE_IDLE_SECONDS = 5n;
 
 class Step {
   readonly channels = new Set<Hex>();
@@ -263,6 +275,9 @@ export class NodeCore {
   #defaultRoute: Hex | null = null;
   /** When this node last sent the proposal now in flight, per channel (retries; not persisted). */
   readonly #proposedAt = new Map<Hex, bigint>();
+  /** When each channel last had an update fully signed (explicit revocations; not persisted: after a restart every channel counts as idle). */
+  readonly #updatedAt = new Map<Hex, bigint>();
+  readonly #revokeIdleSeconds: bigint;
   #transfers: TransferState;
   /** The transfer state is changed in place and its changes logged (see TransferLedger). */
   readonly #ledger: TransferLedger;
@@ -279,6 +294,8 @@ export class NodeCore {
     if (problems.length > 0) throw new Error(`NodeCore: inconsistent transfer policy: ${problems.join("; ")}`);
     this.#maxHops = opts.maxHops ?? 8;
     this.#recentLimit = opts.recentPayments ?? 10_000;
+    this.#revokeIdleSeconds = opts.revokeIdleSeconds ?? REVOKE_IDLE_SECONDS;
+    if (this.#revokeIdleSeconds < 0n) throw new Error("NodeCore: revokeIdleSeconds must be >= 0");
     this.#transfers = opts.transfers ?? newTransferState();
     this.#ledger = new TransferLedger(this.#transfers);
     for (const c of opts.channels ?? []) this.addChannel(c);
@@ -515,6 +532,7 @@ export class NodeCore {
     }
     for (const e of r.effects) {
       if (e.type === "updated") {
+        this.#updatedAt.set(id, step.now);
         step.events.push({ type: "channelUpdated", channelId: id, nonce: e.nonce });
         this.#transfer(step, { type: "channelUpdated", channelId: id, nonce: e.nonce, byMe: e.proposer === c.config.me, ops: e.ops });
       } else if (e.type === "proposalDropped") {
@@ -659,10 +677,13 @@ export class NodeCore {
             step.send.push({ to: partnerOf(c), envelope: { kind: "channel", message } });
           }
         }
-      } else if (c.latest.state.nonce > c.myRevokedBelow) {
-        // Idle: the revocation that would ride on the next proposal goes out on its own.
+      } else if (c.latest.state.nonce <= c.myRevokedBelow) {
+        this.#updatedAt.delete(id);
+      } else if (step.now >= (this.#updatedAt.get(id) ?? 0n) + this.#revokeIdleSeconds) {
+        // Idle long enough: the revocation that would ride on the next proposal goes out on its own.
         const rerr = this.#channel(step, id, { type: "revoke" });
         if (rerr) step.rejected.push({ during: "revoke", error: rerr });
+        else this.#updatedAt.delete(id);
       }
     }
     if (!slice || slice.index === 0) this.#transfer(step, { type: "tick" });
