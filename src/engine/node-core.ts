@@ -208,8 +208,6 @@ export interface NodeCoreOptions {
   maxHops?: number;
   /** Finished payments kept in memory for lookups (default 10,000); older ones live in the store. */
   recentPayments?: number;
-  /** How long a channel stays without an update before its revocation goes in a message of its own (default {@link REVOKE_IDLE_SECONDS}). */
-  revokeIdleSeconds?: bigint;
 }
 
 /**
@@ -277,7 +275,6 @@ export class NodeCore {
   readonly #proposedAt = new Map<Hex, bigint>();
   /** When each channel last had an update fully signed (explicit revocations; not persisted: after a restart every channel counts as idle). */
   readonly #updatedAt = new Map<Hex, bigint>();
-  readonly #revokeIdleSeconds: bigint;
   #transfers: TransferState;
   /** The transfer state is changed in place and its changes logged (see TransferLedger). */
   readonly #ledger: TransferLedger;
@@ -294,8 +291,6 @@ export class NodeCore {
     if (problems.length > 0) throw new Error(`NodeCore: inconsistent transfer policy: ${problems.join("; ")}`);
     this.#maxHops = opts.maxHops ?? 8;
     this.#recentLimit = opts.recentPayments ?? 10_000;
-    this.#revokeIdleSeconds = opts.revokeIdleSeconds ?? REVOKE_IDLE_SECONDS;
-    if (this.#revokeIdleSeconds < 0n) throw new Error("NodeCore: revokeIdleSeconds must be >= 0");
     this.#transfers = opts.transfers ?? newTransferState();
     this.#ledger = new TransferLedger(this.#transfers);
     for (const c of opts.channels ?? []) this.addChannel(c);
@@ -679,7 +674,7 @@ export class NodeCore {
         }
       } else if (c.latest.state.nonce <= c.myRevokedBelow) {
         this.#updatedAt.delete(id);
-      } else if (step.now >= (this.#updatedAt.get(id) ?? 0n) + this.#revokeIdleSeconds) {
+      } else if (step.now >= (this.#updatedAt.get(id) ?? 0n) + REVOKE_IDLE_SECONDS) {
         // Idle long enough: the revocation that would ride on the next proposal goes out on its own.
         const rerr = this.#channel(step, id, { type: "revoke" });
         if (rerr) step.rejected.push({ during: "revoke", error: rerr });
