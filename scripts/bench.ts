@@ -2,7 +2,7 @@
  * Starling's performance figures against their targets, everything on this machine: the embedded
  * chain, a real hub daemon in its own process, and a load generator playing the users.
  *
- *   npm run bench                  full run (1,000 channels; 100,000-channel hub scale test), ~3.2-3.7 min here
+ *   npm run bench                  full run (1,000 channels; 100,000-channel hub scale test), ~3.1-3.7 min here
  *   npm run bench -- --quick       smaller (100 channels; 10,000-channel scale test), ~45 s here with the build
  *   npm run -s bench -- --json     one JSON object on stdout (progress goes to stderr; -s keeps npm's banner off it)
  *   options: --users N  --window N (payments in flight per payer; default 16)  --scale N (channels)
