@@ -420,23 +420,7 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
     // --loaded-rate fixes the rate (to compare builds at the same load); by default half the maximum.
     const halfRate = CFG.loadedRate ?? rate / 2;
     const loaded = await openLoopRun(shards, halfRate, CFG.loadedMs, hub);
-    figures.loadedEventLoopDelayP99Ms = {
-      hub: round(loaded.hubEventLoopDelayP99Ms),
-      loadGenerator: round(loaded.eventLoopDelayP99Ms),
-    };
-    const loadedSorted = sortNum(loaded.latencies);
-    figures.loadedRate = round(halfRate, 0);
-    figures.loadedLatencyP50Ms = round(percentile(loadedSorted, 50));
-    figures.loadedLatencyP99Ms = round(percentile(loadedSorted, 99));
-    figures.loadedCpuMsPerPayment = loaded.cpuMsPerPayment;
-    figures.loadedHubPerPayment = loaded.hubPerPayment;
-    figures.loadedHubLevel0Files = loaded.hubLevel0Files;
-    log(
-      `at ${figures.loadedRate}/s (${CFG.loadedRate === undefined ? "half the maximum" : "--loaded-rate"}): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${loaded.failed} failed of ${loaded.started}; ` +
-        `CPU per payment hub ${loaded.cpuMsPerPayment.hubMs} ms, load generator ${loaded.cpuMsPerPayment.loadGeneratorMs} ms; ` +
-        `per payment the hub signed ${loaded.hubPerPayment.signatures}, checked ${loaded.hubPerPayment.recoveries}, committed ${loaded.hubPerPayment.commits} steps; ` +
-        `event-loop delay p99: hub ${loaded.hubEventLoopDelayP99Ms.toFixed(1)} ms, load generator ${loaded.eventLoopDelayP99Ms.toFixed(1)} ms; hub level-0 files ${loaded.hubLevel0Files.join(" -> ")}`,
-    );
+    reportLoaded(loaded, halfRate, CFG.loadedRate === undefined ? "half the maximum" : "--loaded-rate");
 
     // ---- the rate up to which latency stays within the half-load target (full run only: time)
     if (CFG.boundedMs > 0) {
@@ -499,6 +483,24 @@ async function paymentsSection(devnet: Devnet, work: string, backend: Secp256k1B
   }
 }
 
+/** The `loaded*` figures of an open-loop run at `rate` (the half-load run, or `--only loaded`), and its log line. */
+function reportLoaded(run: OpenLoopResult, rate: number, label: string): void {
+  const sorted = sortNum(run.latencies);
+  figures.loadedRate = round(rate, 0);
+  figures.loadedLatencyP50Ms = round(percentile(sorted, 50));
+  figures.loadedLatencyP99Ms = round(percentile(sorted, 99));
+  figures.loadedCpuMsPerPayment = run.cpuMsPerPayment;
+  figures.loadedHubPerPayment = run.hubPerPayment;
+  figures.loadedEventLoopDelayP99Ms = { hub: round(run.hubEventLoopDelayP99Ms), loadGenerator: round(run.eventLoopDelayP99Ms) };
+  figures.loadedHubLevel0Files = run.hubLevel0Files;
+  log(
+    `at ${figures.loadedRate}/s (${label}): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${run.failed} failed of ${run.started}; ` +
+      `CPU per payment hub ${run.cpuMsPerPayment.hubMs} ms, load generator ${run.cpuMsPerPayment.loadGeneratorMs} ms; ` +
+      `per payment the hub signed ${run.hubPerPayment.signatures}, checked ${run.hubPerPayment.recoveries}, committed ${run.hubPerPayment.commits} steps; ` +
+      `event-loop delay p99: hub ${run.hubEventLoopDelayP99Ms.toFixed(1)} ms, load generator ${run.eventLoopDelayP99Ms.toFixed(1)} ms; hub level-0 files ${run.hubLevel0Files.join(" -> ")}`,
+  );
+}
+
 /**
  * `--only loaded`: the open-loop run alone at `rate`, on a system that carried no load before (no
  * throughput run, hence no compaction or old-generation garbage left from one): what unbatched
@@ -508,19 +510,7 @@ async function loadedOnly(shards: readonly ShardClient[], hub: HubProcess, rate:
   // A short run first, unmeasured: until V8 has optimised the unbatched path in both processes.
   await openLoopRun(shards, rate, Math.min(CFG.loadedMs, 5000), hub);
   const run = await openLoopRun(shards, rate, CFG.loadedMs, hub);
-  const sorted = sortNum(run.latencies);
-  figures.loadedRate = round(rate, 0);
-  figures.loadedLatencyP50Ms = round(percentile(sorted, 50));
-  figures.loadedLatencyP99Ms = round(percentile(sorted, 99));
-  figures.loadedCpuMsPerPayment = run.cpuMsPerPayment;
-  figures.loadedEventLoopDelayP99Ms = { hub: round(run.hubEventLoopDelayP99Ms), loadGenerator: round(run.eventLoopDelayP99Ms) };
-  figures.loadedHubPerPayment = run.hubPerPayment;
-  log(
-    `at ${figures.loadedRate}/s (--only loaded): p50 ${figures.loadedLatencyP50Ms} ms, p99 ${figures.loadedLatencyP99Ms} ms, ${run.failed} failed of ${run.started}; ` +
-      `CPU per payment hub ${run.cpuMsPerPayment.hubMs} ms, load generator ${run.cpuMsPerPayment.loadGeneratorMs} ms; ` +
-      `per payment the hub signed ${run.hubPerPayment.signatures}, checked ${run.hubPerPayment.recoveries}, committed ${run.hubPerPayment.commits} steps; ` +
-      `event-loop delay p99: hub ${run.hubEventLoopDelayP99Ms.toFixed(1)} ms, load generator ${run.eventLoopDelayP99Ms.toFixed(1)} ms`,
-  );
+  reportLoaded(run, rate, "--only loaded");
   await settleCheck(shards);
 }
 
